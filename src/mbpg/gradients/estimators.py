@@ -1,0 +1,127 @@
+"""Named gradient estimators, each one cell of the table (source of d) x (source of Q) x (form).
+
+MFG, FMG and MVG are not code paths: they are read off an estimator's d and Q sources (`gradient_type`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from mbpg.envs import LQR, TabularMDP
+from mbpg.gradients import q_sources
+from mbpg.gradients.forms import score_function_gradient, value_gradient
+from mbpg.gradients.trajectories import sample_trajectories
+from mbpg.values import default_td_iterations, discount_weights
+
+DSource = Literal["real", "model"]
+QSource = Literal["whole-return", "return-to-go", "model-rollouts", "model-exact", "model-td", "model-backprop"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """Where the states and actions come from, where Q comes from, and which form combines them."""
+
+    name: str
+    d_source: DSource
+    q_source: QSource
+    form: Literal["score", "pathwise"]
+    description: str
+    envs: tuple[type, ...] = (TabularMDP, LQR)
+
+    @property
+    def needs_model(self) -> bool:
+        return self.d_source == "model" or self.q_source.startswith("model")
+
+    @property
+    def gradient_type(self) -> str:
+        if self.d_source == "model":
+            return "FMG"
+        return "MVG" if self.q_source.startswith("model") else "MFG"
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    e.name: e
+    for e in (
+        Estimator("reinforce", "real", "whole-return", "score", "REINFORCE: whole discounted return at every step"),
+        Estimator("gpomdp", "real", "return-to-go", "score", "GPOMDP: discounted reward-to-go"),
+        Estimator("fmg", "model", "return-to-go", "score", "GPOMDP on trajectories sampled from the model"),
+        Estimator("mvg-mc", "real", "model-rollouts", "score", "real pairs, Q by model rollouts (GAMPS)"),
+        Estimator("mvg-dp", "real", "model-exact", "score", "real pairs, Q by exact DP on the model"),
+        Estimator("mvg-td", "real", "model-td", "score", "real pairs, Q by a TD critic on one-step model "
+                  "transitions from real states (MBPO k=1)", envs=(TabularMDP,)),
+        Estimator("svg", "real", "model-backprop", "pathwise", "value gradient through the model along real "
+                  "trajectories with inferred noise (SVG(inf))", envs=(LQR,)),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorOptions:
+    """Knobs of the estimators; hashable, so a jitted draw compiles once per distinct setting."""
+
+    baseline: Literal["none", "constant", "state-value"] = "none"
+    """Baseline subtracted from the Q signal of score-function estimators (leave-one-out, hence unbiased)."""
+    n_rollouts: int = 4
+    """Model rollouts M per real (s, a) for mvg-mc."""
+    rollout_horizon: int | None = None
+    """Horizon of those rollouts (default: the trajectory horizon)."""
+    td_step_size: float = 0.5
+    """Step size of the mvg-td critic's sweeps."""
+    td_iterations: int | None = None
+    """Sweeps of the mvg-td critic (default: enough to contract the initial error below 1e-3)."""
+    bootstrap: bool = True
+    """svg: add the model's value of the last state, so truncation comes only from the model."""
+
+
+def get_estimator(name: str) -> Estimator:
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}.") from None
+
+
+def check_estimator_inputs(estimator: Estimator, env, model) -> None:
+    """Fail early, with the fix, when an estimator cannot run on this environment or lacks its model."""
+    if not isinstance(env, estimator.envs):
+        supported = " or ".join(t.__name__ for t in estimator.envs)
+        raise ValueError(f"estimator {estimator.name!r} needs a {supported} environment; got {type(env).__name__}.")
+    if estimator.needs_model and model is None:
+        raise ValueError(f"estimator {estimator.name!r} is {estimator.gradient_type} and needs model=...; "
+                         "build one with mbpg.models (e.g. mixture_model or fit_tabular_model).")
+    if model is not None and type(model) is not type(env):
+        raise ValueError(f"model must be the same kind of environment as env ({type(env).__name__}); "
+                         f"got {type(model).__name__}.")
+
+
+def draw_gradient(estimator: Estimator, env, model, policy, params, key, n_trajectories: int, horizon: int,
+                  options: EstimatorOptions = EstimatorOptions()):
+    """One estimate of grad J from `n_trajectories` trajectories of length `horizon` (jittable, vmappable)."""
+    key_paths, key_q = jax.random.split(key)
+    d_env = model if estimator.d_source == "model" else env
+    trajectories = sample_trajectories(d_env, policy, params, key_paths, n_trajectories, horizon)
+    gamma = env.gamma
+    if estimator.form == "pathwise":
+        return value_gradient(model, policy, params, trajectories, bootstrap=options.bootstrap)
+
+    weights = discount_weights(horizon, gamma, trajectories.rewards.dtype)
+    if estimator.q_source == "whole-return":
+        signal, weights = q_sources.whole_return(trajectories, gamma), jnp.ones_like(weights)
+    elif estimator.q_source == "return-to-go":
+        signal = q_sources.return_to_go(trajectories, gamma)
+    elif estimator.q_source == "model-rollouts":
+        signal = q_sources.model_rollout_q(trajectories, model, policy, params, key_q, options.n_rollouts,
+                                           options.rollout_horizon or horizon)
+    elif estimator.q_source == "model-exact":
+        signal = q_sources.model_exact_q(trajectories, model, params)
+    elif estimator.q_source == "model-td":
+        iterations = options.td_iterations or default_td_iterations(gamma, options.td_step_size)
+        signal = q_sources.model_td_q(trajectories, model, params, key_q, iterations, options.td_step_size)
+    else:  # pragma: no cover - the registry only holds the sources above
+        raise AssertionError(estimator.q_source)
+    n_states = env.n_states if isinstance(env, TabularMDP) else None
+    signal = signal - q_sources.leave_one_out_baseline(options.baseline, signal, trajectories.states, n_states)
+    return score_function_gradient(policy, params, trajectories, weights, signal)

@@ -1,0 +1,97 @@
+"""Many independent draws of a gradient estimator as one compiled, vmapped call."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbpg.gradients import EstimatorOptions, check_estimator_inputs, draw_gradient, get_estimator
+from mbpg.lab.exact import _check_params
+from mbpg.policies import policy_for
+from mbpg.values import effective_horizon
+
+# Parallel rollout steps one vmapped batch may hold; larger batches of estimates run in sequence (lax.map).
+MAX_PARALLEL_STEPS = 4_000_000
+
+
+@functools.partial(jax.jit, static_argnames=("estimator", "policy", "n_trajectories", "horizon", "n_estimates",
+                                              "options", "batch_size"))
+def _draws(env, model, params, key, *, estimator, policy, n_trajectories, horizon, n_estimates, options, batch_size):
+    def one(key):
+        return draw_gradient(estimator, env, model, policy, params, key, n_trajectories, horizon, options)
+
+    return jax.lax.map(one, jax.random.split(key, n_estimates), batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """Everything that fixes the compiled program (shapes and static choices), and nothing that does not."""
+
+    estimator: str
+    n_trajectories: int
+    horizon: int
+    n_estimates: int
+    options: EstimatorOptions
+
+
+def _static_arguments(env, spec: SamplerSpec) -> dict:
+    estimator = get_estimator(spec.estimator)
+    steps = spec.n_trajectories * spec.horizon
+    if estimator.q_source == "model-rollouts":
+        steps *= spec.options.n_rollouts * (spec.options.rollout_horizon or spec.horizon)
+    return dict(
+        estimator=estimator,
+        policy=policy_for(env),
+        n_trajectories=spec.n_trajectories,
+        horizon=spec.horizon,
+        n_estimates=spec.n_estimates,
+        options=spec.options,
+        batch_size=max(1, min(spec.n_estimates, MAX_PARALLEL_STEPS // max(steps, 1))),
+    )
+
+
+def compile_sampler(env, model, params, spec: SamplerSpec):
+    """Ahead-of-time compile a draw function for `spec`; the result runs on any env/model/params of the same
+    shapes, so the lab compiles once per (estimator, N) and reuses it across every model error."""
+    static = _static_arguments(env, spec)
+    compiled = _draws.lower(env, model, jnp.asarray(params), jax.random.key(0), **static).compile()
+    return lambda env, model, params, key: compiled(env, model, jnp.asarray(params), key)
+
+
+def sample_gradients(
+    env,
+    params,
+    estimator: str,
+    model=None,
+    n_trajectories: int = 10,
+    horizon: int | None = None,
+    n_estimates: int = 100,
+    seed: int = 0,
+    options: EstimatorOptions | None = None,
+) -> np.ndarray:
+    """`n_estimates` independent draws of a named estimator, array [n_estimates, *params.shape].
+
+    Each draw uses `n_trajectories` fresh trajectories of length `horizon` (default: gamma^H <= 1e-3).
+    Estimators: see `mbpg.gradients.ESTIMATORS`; the model-based ones need `model`.
+    """
+    spec = validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options)
+    static = _static_arguments(env, spec)
+    draws = _draws(env, model, jnp.asarray(params), jax.random.key(seed), **static)
+    return np.asarray(draws)
+
+
+def validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options) -> SamplerSpec:
+    _check_params(env, params)
+    check_estimator_inputs(get_estimator(estimator), env, model)
+    horizon = effective_horizon(env.gamma) if horizon is None else horizon
+    for name, value in (("n_trajectories", n_trajectories), ("horizon", horizon), ("n_estimates", n_estimates)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    options = options or EstimatorOptions()
+    if options.baseline != "none" and n_trajectories < 2:
+        raise ValueError(f"baseline={options.baseline!r} needs n_trajectories >= 2 (it is leave-one-out).")
+    return SamplerSpec(estimator, int(n_trajectories), int(horizon), int(n_estimates), options)

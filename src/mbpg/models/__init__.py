@@ -1,0 +1,16 @@
+"""Learned dynamics p_hat. Each model is an environment of the same kind as the real one."""
+
+from mbpg.models.linear import (
+    fit_linear_model,
+    learned_linear_model,
+    perturbed_lqr,
+    relative_dynamics_error,
+    sample_linear_transitions,
+)
+from mbpg.models.tabular import fit_tabular_model, learned_model, mixture_model, sample_transitions, total_variation
+
+__all__ = [
+    "fit_tabular_model", "learned_model", "mixture_model", "sample_transitions", "total_variation",
+    "fit_linear_model", "learned_linear_model", "perturbed_lqr", "relative_dynamics_error",
+    "sample_linear_transitions",
+]

@@ -138,3 +138,15 @@ def test_optimal_gain_is_stabilising():
     closed = np.sqrt(lqr.gamma) * (np.asarray(lqr.A) + np.asarray(lqr.B) @ gain)
     assert np.abs(np.linalg.eigvals(closed)).max() < 1
     assert double_integrator().optimal_gain().shape == (1, 2)
+
+
+def test_inverse_cdf_categorical_matches_the_probabilities_and_skips_zeros():
+    from mbpg.distributions import categorical
+
+    probs = jnp.array([[0.0, 0.7, 0.0, 0.3, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    draws = np.asarray(categorical(jax.random.key(0), probs, (50_000, 2)))
+    for row in range(2):
+        frequencies = np.bincount(draws[:, row], minlength=5) / len(draws)
+        expected = np.asarray(probs[row])
+        assert np.all(np.abs(frequencies - expected) <= 5 * np.sqrt(expected * (1 - expected) / len(draws)))
+    assert set(np.unique(draws[:, 0])) == {1, 3}

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpg.distributions import categorical
 from mbpg.envs.validation import as_leaf, check_finite, check_gamma, is_concrete
 
 ROW_SUM_TOLERANCE = 1e-5
@@ -46,11 +47,11 @@ class TabularMDP(eqx.Module):
 
     def reset(self, key: jax.Array) -> jax.Array:
         """Draw a start state from `initial`."""
-        return jax.random.categorical(key, _safe_log(self.initial))
+        return categorical(key, self.initial)
 
     def step(self, state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One transition: returns (next_state, reward) with reward = r(state, action)."""
-        next_state = jax.random.categorical(key, _safe_log(jnp.asarray(self.transitions)[state, action]))
+        next_state = categorical(key, jnp.asarray(self.transitions)[state, action])
         return next_state, jnp.asarray(self.rewards)[state, action]
 
     def replace(self, **changes) -> "TabularMDP":
@@ -58,11 +59,6 @@ class TabularMDP(eqx.Module):
         fields = dict(transitions=self.transitions, rewards=self.rewards, initial=self.initial, gamma=self.gamma)
         fields.update(changes)
         return TabularMDP(**fields)
-
-
-def _safe_log(probs) -> jax.Array:
-    probs = jnp.asarray(probs)
-    return jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
 
 
 def _validate(transitions: np.ndarray, rewards: np.ndarray, initial: np.ndarray) -> None:

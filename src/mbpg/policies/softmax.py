@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
+
+from mbpg.distributions import categorical
 
 
 class SoftmaxPolicy(eqx.Module):
@@ -14,7 +15,7 @@ class SoftmaxPolicy(eqx.Module):
         return jax.nn.softmax(logits, axis=-1)
 
     def sample(self, logits: jax.Array, state: jax.Array, key: jax.Array) -> jax.Array:
-        return jax.random.categorical(key, logits[state])
+        return categorical(key, jax.nn.softmax(logits[state]))
 
     def log_prob(self, logits: jax.Array, state: jax.Array, action: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(logits[state])[action]

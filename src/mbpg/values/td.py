@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mbpg.distributions import categorical
 from mbpg.envs import TabularMDP
 
 
@@ -35,14 +36,13 @@ def td_critic_on_model(
     """
     start_states = start_states.reshape(-1)
     n_states, n_actions = probs.shape
-    log_probs = jnp.log(probs)
-    log_transitions = jnp.log(jnp.clip(jnp.asarray(model.transitions, probs.dtype), 1e-30))
+    transitions = jnp.asarray(model.transitions, probs.dtype)
     rewards = jnp.asarray(model.rewards, probs.dtype)
 
     def sweep(q, key):
         key_action, key_next = jax.random.split(key)
-        actions = jax.random.categorical(key_action, log_probs[start_states])
-        next_states = jax.random.categorical(key_next, log_transitions[start_states, actions])
+        actions = categorical(key_action, probs[start_states])
+        next_states = categorical(key_next, transitions[start_states, actions])
         targets = rewards[start_states, actions] + model.gamma * jnp.sum(probs[next_states] * q[next_states], -1)
         errors = targets - q[start_states, actions]
         error_sums = jnp.zeros_like(q).at[start_states, actions].add(errors)

@@ -56,9 +56,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("garnet", "Garnet(20 states, 4 actions, branching 3), gamma 0.8; random-mixture model error.",
                  lambda: envs.garnet(20, 4, 3, gamma=0.8, seed=0), _random_logits, TABULAR_ESTIMATORS, "dial",
                  DIAL, (1, 4, 16)),
+        # Past about 0.15 a random perturbation of the double integrator makes this gain unstable *on the model*
+        # (J_hat = -inf), where FMG and MVG are undefined: the dial stops before that.
         Scenario("lqr", "Double integrator, gamma 0.8, policy std 0.3, gain = half the optimal; (A, B) off by "
                  "relative error eps.", lambda: envs.double_integrator(gamma=0.8), _half_optimal_gain,
-                 LQR_ESTIMATORS, "dial", DIAL, (1, 4, 16)),
+                 LQR_ESTIMATORS, "dial", (0.0, 0.02, 0.05, 0.1), (1, 4, 16)),
         Scenario("lqr-learned", "Double integrator, gamma 0.8; (A, B) by least squares from n transitions.",
                  lambda: envs.double_integrator(gamma=0.8), _half_optimal_gain, LQR_ESTIMATORS, "learned",
                  (5, 10, 30, 100, 1000), (1, 4, 16)),

@@ -1,0 +1,101 @@
+"""One training loop for every agent: compiled chunks of environment steps and updates, evaluation, logging,
+checkpoints and resume. Many seeds run as one vmapped program.
+
+An agent is any object with
+    name: str, steps_per_chunk: int, config (a dataclass)
+    init(key) -> state                       (a pytree; it carries its own PRNG key and environment states)
+    train_chunk(state) -> (state, metrics)   (pure and jittable: steps_per_chunk env steps with their updates)
+    act(state, obs, key) -> action           (the deterministic evaluation policy)
+Because the state carries the key, a run resumed from the checkpoint after chunk c repeats exactly the chunks an
+uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbpg.envs.autoreset import episode_limit, evaluate
+from mbpg.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from mbpg.train.logger import RunLogger
+
+CHECKPOINT_NAME = "checkpoint.eqx"
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    total_steps: int
+    seed: int = 0
+    n_seeds: int = 1
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+    tensorboard: bool = True
+
+
+def _identity(agent, env_id: str, settings: LoopSettings) -> dict:
+    """What must match for a checkpoint to be resumed by this run."""
+    return {"algo": agent.name, "env": env_id, "seed": settings.seed, "n_seeds": settings.n_seeds,
+            "steps_per_chunk": agent.steps_per_chunk,
+            "config": json.loads(json.dumps(dataclasses.asdict(agent.config), default=str))}
+
+
+def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume: bool = False,
+          progress: Callable[[dict], None] | None = None) -> dict:
+    """Run until `settings.total_steps` env steps per seed; return the final metrics (per-seed arrays)."""
+    if settings.total_steps < agent.steps_per_chunk:
+        raise ValueError(f"--steps {settings.total_steps} is below one training chunk ({agent.steps_per_chunk} "
+                         f"env steps for {agent.name}); ask for at least that many.")
+    identity = _identity(agent, env_id, settings)
+    keys = jax.random.split(jax.random.key(settings.seed), settings.n_seeds)
+    init = jax.jit(jax.vmap(agent.init))
+    state = init(keys)
+    first_chunk = 0
+    checkpoint = Path(run_dir) / CHECKPOINT_NAME
+    if resume:
+        state = load_checkpoint(checkpoint, state, expected_metadata=identity)
+        first_chunk = read_metadata(checkpoint)["chunk"] + 1
+    n_chunks = math.ceil(settings.total_steps / agent.steps_per_chunk)
+    resume_step = first_chunk * agent.steps_per_chunk if resume else None
+    logger = RunLogger(run_dir, {**identity, "total_steps": settings.total_steps, "eval_every": settings.eval_every,
+                                 "eval_episodes": settings.eval_episodes}, resume_step, settings.tensorboard)
+    chunk_fn = jax.jit(jax.vmap(agent.train_chunk))
+    limit = episode_limit(env)
+    eval_fn = jax.jit(jax.vmap(lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes, limit)))
+    eval_root = jax.random.fold_in(jax.random.key(settings.seed), 0xE7A1)
+    checkpoint_chunks = max(1, settings.checkpoint_every // agent.steps_per_chunk)
+    metrics: dict = {}
+    started = time.perf_counter()
+    try:
+        for chunk in range(first_chunk, n_chunks):
+            state, metrics = chunk_fn(state)
+            steps = (chunk + 1) * agent.steps_per_chunk
+            previous = chunk * agent.steps_per_chunk
+            metrics = {k: np.asarray(v) for k, v in metrics.items()}
+            if steps // settings.eval_every > previous // settings.eval_every or chunk == n_chunks - 1:
+                eval_keys = jax.random.split(jax.random.fold_in(eval_root, chunk), settings.n_seeds)
+                returns = np.asarray(eval_fn(state, eval_keys))
+                metrics["eval_return"] = returns.mean(axis=1)
+                metrics["eval_return_std"] = returns.std(axis=1)
+            for seed_index in range(settings.n_seeds):
+                logger.log(steps, {"seed": settings.seed + seed_index,
+                                   **{k: v[seed_index] for k, v in metrics.items()}})
+            if (chunk + 1) % checkpoint_chunks == 0 or chunk == n_chunks - 1:
+                save_checkpoint(checkpoint, state, {**identity, "chunk": chunk, "steps": steps})
+            if progress:
+                elapsed = time.perf_counter() - started
+                done_steps = (chunk + 1 - first_chunk) * agent.steps_per_chunk
+                progress({"steps": steps, "total": n_chunks * agent.steps_per_chunk,
+                          "steps_per_second": done_steps * settings.n_seeds / max(elapsed, 1e-9),
+                          "eval_return": float(np.mean(metrics["eval_return"])) if "eval_return" in metrics else None})
+    finally:
+        logger.close()
+    return {"state": state, **metrics}

@@ -62,7 +62,8 @@ def test_cli_rejects_unknown_scenario_and_estimator(tmp_path, capsys):
     assert "unknown lab scenario 'gridwrld'" in capsys.readouterr().err
     assert main(["lab", "--estimators", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown estimator 'magic'" in capsys.readouterr().err
-    assert main(["train"]) == 2
+    assert main(["trian"]) == 2
+    assert "Did you mean train" in capsys.readouterr().err
 
 
 def test_cli_help_documents_every_option(capsys):

@@ -1,4 +1,9 @@
-"""The `mbpg` command line. Subcommands are dataclasses parsed by tyro, so every option has its help text."""
+"""The `mbpg` command line. Options come from dataclasses parsed by tyro, so every option has its help text.
+
+    mbpg lab [SCENARIO] [OPTIONS]        exact-gradient lab
+    mbpg train ALGO [OPTIONS]            train an agent (ALGO: reinforce, ppo, trpo, sac)
+    mbpg plot RUN_DIR... [OPTIONS]       learning curves across runs and seeds
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,58 @@ import sys
 
 import tyro
 
-from mbpg.lab.run import LabConfig, run_lab
+USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def _lab(rest: list[str]) -> None:
+    from mbpg.lab.run import LabConfig, run_lab
+
+    # `mbpg lab chain` reads like English: accept the scenario as an optional positional word.
+    if rest and not rest[0].startswith("-"):
+        rest = ["--scenario", rest[0], *rest[1:]]
+    run_lab(tyro.cli(LabConfig, args=rest, prog="mbpg lab"))
+
+
+def _train(rest: list[str]) -> None:
+    from mbpg.algos import ALGORITHMS, get_algorithm
+    from mbpg.train.run import parse_train, run_training
+
+    if not rest or rest[0] in ("-h", "--help"):
+        print(f"usage: mbpg train ALGO [OPTIONS]   ALGO: {', '.join(ALGORITHMS)}; mbpg train ALGO --help for options")
+        return
+    get_algorithm(rest[0])
+    run_training(rest[0], parse_train(rest[0], rest[1:]))
+
+
+def _plot(rest: list[str]) -> None:
+    from mbpg.train.plot import PlotArgs, plot
+
+    if rest and not rest[0].startswith("-"):
+        runs = []
+        while rest and not rest[0].startswith("-"):
+            runs.append(rest.pop(0))
+        rest = ["--runs", *runs, *rest]
+    print(f"wrote {plot(tyro.cli(PlotArgs, args=rest, prog='mbpg plot'))}")
+
+
+COMMANDS = {"lab": _lab, "train": _train, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"lab": LabConfig}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"mbpg: unknown command {argv[0]!r}; commands: {', '.join(commands)}.", file=sys.stderr)
-            return 2
-        print("usage: mbpg lab [SCENARIO] [OPTIONS]   (mbpg lab --help for the options)")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    # `mbpg lab chain` reads like English: accept the scenario as an optional positional word.
-    if rest and not rest[0].startswith("-"):
-        rest = ["--scenario", rest[0], *rest[1:]]
-    config = tyro.cli(commands[command], args=rest, prog=f"mbpg {command}")
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        print(f"mbpg: unknown command {command!r}; commands: {', '.join(COMMANDS)}.{hint}", file=sys.stderr)
+        return 2
     try:
-        run_lab(config)
+        COMMANDS[command](rest)
     except ValueError as error:
         print(f"mbpg {command}: {error}", file=sys.stderr)
         return 2

@@ -19,3 +19,7 @@ def policy_for(env):
 
 
 __all__ = ["SoftmaxPolicy", "LinearGaussianPolicy", "policy_for"]
+
+from mbpg.policies.mlp import MLP, CategoricalMLPPolicy, GaussianMLPPolicy, GaussianParams, TanhGaussianMLPPolicy
+
+__all__ += ["MLP", "CategoricalMLPPolicy", "GaussianMLPPolicy", "GaussianParams", "TanhGaussianMLPPolicy"]

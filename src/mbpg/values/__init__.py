@@ -16,3 +16,8 @@ __all__ = [
     "exact_action_value_fn", "effective_horizon", "discount_weights", "discounted_return", "reward_to_go", "default_td_iterations",
     "td_critic_on_model",
 ]
+
+from mbpg.values.advantages import gae
+from mbpg.values.critics import TwinQNetwork, ValueNetwork, soft_update
+
+__all__ += ["gae", "ValueNetwork", "TwinQNetwork", "soft_update"]

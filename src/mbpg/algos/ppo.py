@@ -1,0 +1,110 @@
+"""PPO (Schulman et al. 2017): clipped-ratio surrogate, several epochs of minibatches per rollout.
+
+Gradient type: MFG. States, actions and advantages all come from the real environment; the clip only limits how
+far one batch moves the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, flatten_time,
+                                  OnPolicyAgent, minibatch_epochs, reset_envs)
+from mbpg.optim import ppo_clip_loss
+from mbpg.values import ValueNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Defaults follow the Stable-Baselines3 zoo's CartPole-v1 setting (without its linear schedules)."""
+
+    n_envs: int = 8
+    """Environments stepped in parallel (per seed)."""
+    n_steps: int = 32
+    """Steps per environment between updates; a chunk is n_envs * n_steps env steps."""
+    epochs: int = 20
+    """Passes over each rollout."""
+    minibatches: int = 1
+    """Minibatches per epoch."""
+    learning_rate: float = 1e-3
+    """Adam step size for policy and value network."""
+    gamma: float = 0.98
+    """Discount."""
+    gae_lambda: float = 0.8
+    """GAE(lambda) trade-off between bias (0) and variance (1)."""
+    clip: float = 0.2
+    """Ratio clip range."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    value_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of policy and value networks."""
+
+
+class PPOState(eqx.Module):
+    policy_params: eqx.Module
+    value: ValueNetwork
+    opt_state: optax.OptState
+    env_states: object
+    key: jax.Array
+
+
+class PPO(OnPolicyAgent):
+    name = "ppo"
+
+    def __init__(self, config: PPOConfig, env):
+        super().__init__(config, env)
+        if self.steps_per_chunk % config.minibatches:
+            raise ValueError(f"n_envs * n_steps = {self.steps_per_chunk} must be divisible by minibatches "
+                             f"= {config.minibatches}.")
+        self.optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                                     optax.adam(config.learning_rate, eps=1e-5))
+
+    def init(self, key) -> PPOState:
+        key_policy, key_value, key_env, key = jax.random.split(key, 4)
+        policy_params = self.policy.init(key_policy)
+        value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
+        opt_state = self.optimizer.init(eqx.filter((policy_params, value), eqx.is_array))
+        return PPOState(policy_params, value, opt_state, reset_envs(self.env, key_env, self.config.n_envs), key)
+
+    def loss(self, models, batch):
+        policy_params, value = models
+        obs, actions, old_log_probs, advantages, returns = batch
+        log_probs = jax.vmap(self.policy.log_prob, in_axes=(None, 0, 0))(policy_params, obs, actions)
+        policy_loss, info = ppo_clip_loss(log_probs, old_log_probs, advantages, self.config.clip)
+        entropy = jax.vmap(self.policy.entropy, in_axes=(None, 0))(policy_params, obs).mean()
+        value_loss = 0.5 * jnp.mean((jax.vmap(value)(obs) - returns) ** 2)
+        total = policy_loss - self.config.entropy_coef * entropy + self.config.value_coef * value_loss
+        return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, **info}
+
+    def train_chunk(self, state: PPOState):
+        config = self.config
+        key, key_collect, key_epochs = jax.random.split(state.key, 3)
+        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
+                                      key_collect, config.n_steps, self.limit)
+        advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, config.gae_lambda)
+        data = flatten_time((rollout.obs, rollout.action, rollout.log_prob, advantages, returns))
+
+        def minibatch_step(carry, batch):
+            models, opt_state = carry
+            obs, actions, log_probs, adv, ret = batch
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            (_, info), grads = eqx.filter_value_and_grad(self.loss, has_aux=True)(
+                models, (obs, actions, log_probs, adv, ret))
+            updates, opt_state = self.optimizer.update(grads, opt_state, eqx.filter(models, eqx.is_array))
+            return (eqx.apply_updates(models, updates), opt_state), info
+
+        models = (state.policy_params, state.value)
+        (models, opt_state), infos = minibatch_epochs(minibatch_step, (models, state.opt_state), data, key_epochs,
+                                                      config.epochs, config.minibatches)
+        metrics = dict(infos)
+        metrics["train_episode_return"] = finished_episode_return(rollout)
+        return PPOState(models[0], models[1], opt_state, env_states, key), metrics

@@ -1,0 +1,87 @@
+"""REINFORCE in its GPOMDP form: reward-to-go with a learned state-value baseline, one gradient step per batch.
+
+Gradient type: MFG — the score-function estimator of mbpg.gradients ("gpomdp" with a baseline) applied to a
+neural policy on real trajectories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, fit_value, flatten_time,
+                                  OnPolicyAgent, reset_envs)
+from mbpg.values import ValueNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceConfig:
+    n_envs: int = 8
+    """Environments stepped in parallel (per seed)."""
+    n_steps: int = 256
+    """Steps per environment per update."""
+    learning_rate: float = 1e-3
+    """Adam step size of the policy."""
+    value_learning_rate: float = 1e-3
+    """Adam step size of the baseline."""
+    value_epochs: int = 5
+    """Passes of baseline regression per batch."""
+    gamma: float = 0.99
+    """Discount."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths of policy and baseline."""
+    normalize_advantages: bool = True
+    """Divide advantages by their batch standard deviation (a per-batch step-size rescale)."""
+
+
+class ReinforceState(eqx.Module):
+    policy_params: eqx.Module
+    value: ValueNetwork
+    policy_opt: optax.OptState
+    value_opt: optax.OptState
+    env_states: object
+    key: jax.Array
+
+
+class Reinforce(OnPolicyAgent):
+    name = "reinforce"
+
+    def __init__(self, config: ReinforceConfig, env):
+        super().__init__(config, env)
+        self.policy_optimizer = optax.adam(config.learning_rate)
+        self.value_optimizer = optax.adam(config.value_learning_rate)
+
+    def init(self, key) -> ReinforceState:
+        key_policy, key_value, key_env, key = jax.random.split(key, 4)
+        params = self.policy.init(key_policy)
+        value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
+        return ReinforceState(params, value, self.policy_optimizer.init(eqx.filter(params, eqx.is_array)),
+                              self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
+                              reset_envs(self.env, key_env, self.config.n_envs), key)
+
+    def train_chunk(self, state: ReinforceState):
+        config = self.config
+        key, key_collect, key_value = jax.random.split(state.key, 3)
+        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
+                                      key_collect, config.n_steps, self.limit)
+        advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, 1.0)
+        obs, actions, advantages, returns = flatten_time((rollout.obs, rollout.action, advantages, returns))
+        if config.normalize_advantages:
+            advantages = advantages / (advantages.std() + 1e-8)
+
+        def policy_loss(params):
+            log_probs = jax.vmap(self.policy.log_prob, in_axes=(None, 0, 0))(params, obs, actions)
+            return -jnp.mean(log_probs * advantages)
+
+        loss, grads = eqx.filter_value_and_grad(policy_loss)(state.policy_params)
+        updates, policy_opt = self.policy_optimizer.update(grads, state.policy_opt)
+        params = eqx.apply_updates(state.policy_params, updates)
+        value, value_opt, value_loss = fit_value(state.value, self.value_optimizer, state.value_opt, obs, returns,
+                                                 key_value, config.value_epochs, 4)
+        metrics = {"policy_loss": loss, "value_loss": value_loss,
+                   "train_episode_return": finished_episode_return(rollout)}
+        return ReinforceState(params, value, policy_opt, value_opt, env_states, key), metrics

@@ -1,0 +1,98 @@
+"""TRPO (Schulman et al. 2015): a natural-gradient step on the importance-weighted surrogate inside a KL ball,
+by conjugate gradients and a backtracking line search (mbpg.optim.trust_region_step, shared with ME-TRPO and SLBO).
+
+Gradient type: MFG (real states, real advantages by GAE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, fit_value, flatten_time,
+                                  OnPolicyAgent, reset_envs)
+from mbpg.optim import trust_region_step
+from mbpg.values import ValueNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class TRPOConfig:
+    n_envs: int = 8
+    """Environments stepped in parallel (per seed)."""
+    n_steps: int = 256
+    """Steps per environment per update."""
+    max_kl: float = 0.01
+    """Trust-region radius: mean KL(pi_old || pi_new) allowed per update."""
+    cg_iterations: int = 10
+    """Conjugate-gradient iterations for the natural-gradient direction."""
+    damping: float = 0.1
+    """Fisher damping."""
+    backtrack_ratio: float = 0.8
+    """Line-search shrink factor."""
+    max_backtracks: int = 10
+    """Line-search tries."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE(lambda)."""
+    value_learning_rate: float = 1e-3
+    """Adam step size of the value network."""
+    value_epochs: int = 10
+    """Passes of value regression per batch."""
+    value_minibatches: int = 16
+    """Minibatches per value pass."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths."""
+
+
+class TRPOState(eqx.Module):
+    policy_params: eqx.Module
+    value: ValueNetwork
+    value_opt: optax.OptState
+    env_states: object
+    key: jax.Array
+
+
+class TRPO(OnPolicyAgent):
+    name = "trpo"
+
+    def __init__(self, config: TRPOConfig, env):
+        super().__init__(config, env)
+        self.value_optimizer = optax.adam(config.value_learning_rate)
+
+    def init(self, key) -> TRPOState:
+        key_policy, key_value, key_env, key = jax.random.split(key, 4)
+        value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
+        return TRPOState(self.policy.init(key_policy), value, self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
+                         reset_envs(self.env, key_env, self.config.n_envs), key)
+
+    def train_chunk(self, state: TRPOState):
+        config = self.config
+        key, key_collect, key_value = jax.random.split(state.key, 3)
+        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
+                                      key_collect, config.n_steps, self.limit)
+        advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, config.gae_lambda)
+        obs, actions, old_log_probs, advantages, returns = flatten_time(
+            (rollout.obs, rollout.action, rollout.log_prob, advantages, returns))
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        old_params = state.policy_params
+        log_prob = jax.vmap(self.policy.log_prob, in_axes=(None, 0, 0))
+
+        def surrogate_loss(params):
+            return -jnp.mean(jnp.exp(log_prob(params, obs, actions) - old_log_probs) * advantages)
+
+        def mean_kl(params):
+            return jnp.mean(jax.vmap(self.policy.kl, in_axes=(None, None, 0))(old_params, params, obs))
+
+        params, info = trust_region_step(surrogate_loss, mean_kl, old_params, config.max_kl, config.cg_iterations,
+                                         config.damping, config.backtrack_ratio, config.max_backtracks)
+        value, value_opt, value_loss = fit_value(state.value, self.value_optimizer, state.value_opt, obs, returns,
+                                                 key_value, config.value_epochs, config.value_minibatches)
+        metrics = {"surrogate_improvement": info["improvement"], "kl": info["kl"],
+                   "step_accepted": info["accepted"].astype(jnp.float32), "value_loss": value_loss,
+                   "train_episode_return": finished_episode_return(rollout)}
+        return TRPOState(params, value, value_opt, env_states, key), metrics

@@ -58,3 +58,34 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_same_seed_same_metrics_for_a_real_agent(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["train", "ppo", *TINY["ppo"], "--seeds", "2", "--eval-every", "64", "--eval-episodes", "2",
+                     "--out", str(out), "--no-tensorboard"]) == 0
+        runs.append((out / "metrics.csv").read_text())
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("algo, options", [
+    ("ppo", ["--steps", "64", "--n-envs", "2", "--n-steps", "32"]),
+    ("sac", ["--steps", "40", "--chunk-steps", "20", "--learning-starts", "10", "--batch-size", "8", "--hidden", "8",
+             "--buffer-size", "100"]),
+])
+def test_host_side_gymnasium_env_trains_with_the_same_agents(algo, options, tmp_path):
+    """A MuJoCo id has no JAX port: it steps on the host, and the agent code is the same."""
+    out = tmp_path / algo
+    args = ["train", algo, "--env", "InvertedPendulum-v5", *options, "--eval-every", "20", "--eval-episodes", "1",
+            "--out", str(out), "--no-tensorboard"]
+    assert main(args) == 0
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["eval_return"]]
+    assert rows and all(float(r["eval_return"]) >= 1 for r in rows)
+
+
+def test_host_side_envs_refuse_vmapped_seeds(capsys):
+    assert main(["train", "ppo", "--env", "InvertedPendulum-v5", "--seeds", "2", "--out", "/tmp/unused"]) == 2
+    assert "one seed per process" in capsys.readouterr().err

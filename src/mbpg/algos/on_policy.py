@@ -6,6 +6,7 @@ the update rule applied to the batch built here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import equinox as eqx
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 from mbpg.algos.spaces import EnvSpec, env_spec
 from mbpg.envs import autoreset
+from mbpg.envs.gym_adapter import GymnasiumEnv
 from mbpg.policies.mlp import CategoricalMLPPolicy, GaussianMLPPolicy
 from mbpg.values import gae
 
@@ -35,6 +37,11 @@ def make_policy(spec: EnvSpec, hidden: tuple[int, ...]):
     if spec.discrete:
         return CategoricalMLPPolicy(spec.obs_dim, spec.n_actions, hidden=hidden)
     return GaussianMLPPolicy(spec.obs_dim, spec.action_dim, hidden=hidden)
+
+
+def is_host_env(env) -> bool:
+    """Host-side Gymnasium envs step outside jit; everything else here is a functional JAX env."""
+    return isinstance(env, GymnasiumEnv)
 
 
 def reset_envs(env, key: jax.Array, n_envs: int) -> autoreset.EnvState:
@@ -123,3 +130,19 @@ class OnPolicyAgent:
     def act(self, state, obs, key):
         """The deterministic evaluation action: the policy's mode, clipped to the action box."""
         return self.spec.clip(self.policy.mode(state.policy_params, obs))
+
+    def reset_envs(self, key):
+        """Running episodes of the JAX environments; None for host-side Gymnasium envs (the host driver owns them)."""
+        return None if is_host_env(self.env) else reset_envs(self.env, key, self.config.n_envs)
+
+    def train_chunk(self, state):
+        """Collect n_envs x n_steps real steps inside jit, then apply the algorithm's update rule (`learn`)."""
+        key, key_collect, key_learn = jax.random.split(state.key, 3)
+        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
+                                      key_collect, self.config.n_steps, self.limit)
+        state, metrics = self.learn(state, rollout, key_learn)
+        return dataclasses.replace(state, env_states=env_states, key=key), metrics
+
+    def learn(self, state, rollout: Rollout, key):
+        """The update rule from one rollout; returns (state, metrics). Env states and the key are the caller's."""
+        raise NotImplementedError

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, flatten_time,
-                                  OnPolicyAgent, minibatch_epochs, reset_envs)
+from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, flatten_time,
+                                  minibatch_epochs)
 from mbpg.optim import ppo_clip_loss
 from mbpg.values import ValueNetwork
 
@@ -73,7 +73,7 @@ class PPO(OnPolicyAgent):
         policy_params = self.policy.init(key_policy)
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
         opt_state = self.optimizer.init(eqx.filter((policy_params, value), eqx.is_array))
-        return PPOState(policy_params, value, opt_state, reset_envs(self.env, key_env, self.config.n_envs), key)
+        return PPOState(policy_params, value, opt_state, self.reset_envs(key_env), key)
 
     def loss(self, models, batch):
         policy_params, value = models
@@ -85,11 +85,8 @@ class PPO(OnPolicyAgent):
         total = policy_loss - self.config.entropy_coef * entropy + self.config.value_coef * value_loss
         return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, **info}
 
-    def train_chunk(self, state: PPOState):
+    def learn(self, state: PPOState, rollout, key_epochs):
         config = self.config
-        key, key_collect, key_epochs = jax.random.split(state.key, 3)
-        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
-                                      key_collect, config.n_steps, self.limit)
         advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, config.gae_lambda)
         data = flatten_time((rollout.obs, rollout.action, rollout.log_prob, advantages, returns))
 
@@ -107,4 +104,4 @@ class PPO(OnPolicyAgent):
                                                       config.epochs, config.minibatches)
         metrics = dict(infos)
         metrics["train_episode_return"] = finished_episode_return(rollout)
-        return PPOState(models[0], models[1], opt_state, env_states, key), metrics
+        return dataclasses.replace(state, policy_params=models[0], value=models[1], opt_state=opt_state), metrics

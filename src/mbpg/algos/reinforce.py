@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, fit_value, flatten_time,
-                                  OnPolicyAgent, reset_envs)
+from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
+                                  flatten_time)
 from mbpg.values import ValueNetwork
 
 
@@ -61,13 +61,10 @@ class Reinforce(OnPolicyAgent):
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
         return ReinforceState(params, value, self.policy_optimizer.init(eqx.filter(params, eqx.is_array)),
                               self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
-                              reset_envs(self.env, key_env, self.config.n_envs), key)
+                              self.reset_envs(key_env), key)
 
-    def train_chunk(self, state: ReinforceState):
+    def learn(self, state: ReinforceState, rollout, key_value):
         config = self.config
-        key, key_collect, key_value = jax.random.split(state.key, 3)
-        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
-                                      key_collect, config.n_steps, self.limit)
         advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, 1.0)
         obs, actions, advantages, returns = flatten_time((rollout.obs, rollout.action, advantages, returns))
         if config.normalize_advantages:
@@ -84,4 +81,5 @@ class Reinforce(OnPolicyAgent):
                                                  key_value, config.value_epochs, 4)
         metrics = {"policy_loss": loss, "value_loss": value_loss,
                    "train_episode_return": finished_episode_return(rollout)}
-        return ReinforceState(params, value, policy_opt, value_opt, env_states, key), metrics
+        return dataclasses.replace(state, policy_params=params, value=value, policy_opt=policy_opt,
+                                   value_opt=value_opt), metrics

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mbpg.algos.on_policy import is_host_env
 from mbpg.algos.replay import Replay
 from mbpg.algos.spaces import env_spec
 from mbpg.envs import autoreset
@@ -80,9 +81,10 @@ class SAC:
         actor = self.policy.init(key_actor)
         critic = TwinQNetwork(self.spec.obs_dim, self.spec.action_dim, self.config.hidden, key_critic)
         log_alpha = jnp.log(jnp.asarray(self.config.initial_temperature, jnp.float32))
-        env_state = autoreset.reset(self.env, key_env)
-        example = {"obs": env_state.obs, "action": jnp.zeros(self.spec.action_dim), "reward": jnp.zeros(()),
-                   "next_obs": env_state.obs, "terminated": jnp.zeros((), bool)}
+        env_state = None if is_host_env(self.env) else autoreset.reset(self.env, key_env)
+        obs = jnp.zeros(self.spec.obs_dim, jnp.float32)
+        example = {"obs": obs, "action": jnp.zeros(self.spec.action_dim), "reward": jnp.zeros(()),
+                   "next_obs": obs, "terminated": jnp.zeros((), bool)}
         return SACState(actor, critic, critic, log_alpha, self.optimizer.init(eqx.filter(actor, eqx.is_array)),
                         self.optimizer.init(eqx.filter(critic, eqx.is_array)), self.optimizer.init(log_alpha),
                         Replay.create(example, self.capacity), env_state, jnp.zeros((), jnp.int32), key)
@@ -132,28 +134,34 @@ class SAC:
         return new_state, {"critic_loss": loss_q, "actor_loss": loss_pi, "alpha_loss": loss_alpha,
                            "alpha": jnp.exp(log_alpha), "entropy": -log_probs.mean()}
 
-    def env_step(self, state: SACState, key) -> tuple[SACState, dict]:
-        key_act, key_random, key_env, key_update = jax.random.split(key, 4)
-        policy_action = self.policy.sample_with_log_prob(state.actor, state.env_state.obs, key_act)[0]
+    def explore(self, state: SACState, obs, key_act, key_random):
+        """The behaviour action: uniform over the box before `learning_starts`, then a policy sample."""
+        policy_action = self.policy.sample_with_log_prob(state.actor, obs, key_act)[0]
         random_action = jax.random.uniform(key_random, (self.spec.action_dim,), minval=jnp.asarray(
             self.spec.action_low), maxval=jnp.asarray(self.spec.action_high))
-        action = jnp.where(state.steps < self.config.learning_starts, random_action, policy_action)
-        env_state, transition = autoreset.step(self.env, state.env_state, action, key_env, self.limit)
-        replay = state.replay.add({"obs": transition.obs, "action": action, "reward": transition.reward,
-                                   "next_obs": transition.next_obs, "terminated": transition.terminated})
-        state = dataclasses.replace(state, env_state=env_state, replay=replay, steps=state.steps + 1)
+        return jnp.where(state.steps < self.config.learning_starts, random_action, policy_action)
+
+    def observe(self, state: SACState, transition: dict, key_update) -> tuple[SACState, dict]:
+        """Store one real transition and, once learning has started, take the gradient steps of this env step."""
+        replay = state.replay.add(transition)
+        state = dataclasses.replace(state, replay=replay, steps=state.steps + 1)
 
         def learn(state):
-            def one(state, key):
-                return self.update(state, key)
-
-            state, infos = jax.lax.scan(one, state, jax.random.split(key_update, self.config.updates_per_step))
+            state, infos = jax.lax.scan(self.update, state, jax.random.split(key_update, self.config.updates_per_step))
             return state, jax.tree.map(jnp.mean, infos)
 
         def wait(state):
             return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda s: learn(s)[1], state))
 
-        state, info = jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, state)
+        return jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, state)
+
+    def env_step(self, state: SACState, key) -> tuple[SACState, dict]:
+        key_act, key_random, key_env, key_update = jax.random.split(key, 4)
+        action = self.explore(state, state.env_state.obs, key_act, key_random)
+        env_state, transition = autoreset.step(self.env, state.env_state, action, key_env, self.limit)
+        state, info = self.observe(dataclasses.replace(state, env_state=env_state), {
+            "obs": transition.obs, "action": action, "reward": transition.reward, "next_obs": transition.next_obs,
+            "terminated": transition.terminated}, key_update)
         done = transition.terminated | transition.truncated
         return state, {**info, "episode_return": transition.episode_return, "episode_done": done}
 

@@ -29,17 +29,22 @@ class EnvSpec:
 
 
 def env_spec(env) -> EnvSpec:
-    obs = observe(env, env.reset(jax.random.key(0)))
-    if np.ndim(obs) != 1:
-        raise ValueError(f"deep-RL agents need flat vector observations; this env observes shape {np.shape(obs)}.")
+    import gymnasium
+
+    observation_space = getattr(env, "observation_space", None)
+    if isinstance(observation_space, gymnasium.spaces.Box):
+        shape = observation_space.shape
+    else:
+        shape = np.shape(observe(env, env.reset(jax.random.key(0))))
+    if len(shape) != 1:
+        raise ValueError(f"deep-RL agents need flat vector observations; this env observes shape {shape}. "
+                         "Flatten it (gymnasium.wrappers.FlattenObservation) or use a vector-observation env.")
     space = getattr(env, "action_space", None)
     if space is None:
         raise ValueError(f"{type(env).__name__} has no action_space; deep-RL agents need one (Discrete or Box).")
-    import gymnasium
-
     if isinstance(space, gymnasium.spaces.Discrete):
-        return EnvSpec(int(obs.shape[0]), True, int(space.n), 0, (), ())
+        return EnvSpec(int(shape[0]), True, int(space.n), 0, (), ())
     if isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
-        return EnvSpec(int(obs.shape[0]), False, 0, int(space.shape[0]), tuple(map(float, space.low)),
+        return EnvSpec(int(shape[0]), False, 0, int(space.shape[0]), tuple(map(float, space.low)),
                        tuple(map(float, space.high)))
     raise ValueError(f"unsupported action space {space}; use Discrete or a 1-D Box.")

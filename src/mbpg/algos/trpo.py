@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mbpg.algos.on_policy import (advantages_and_returns, collect, finished_episode_return, fit_value, flatten_time,
-                                  OnPolicyAgent, reset_envs)
+from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
+                                  flatten_time)
 from mbpg.optim import trust_region_step
 from mbpg.values import ValueNetwork
 
@@ -68,13 +68,10 @@ class TRPO(OnPolicyAgent):
         key_policy, key_value, key_env, key = jax.random.split(key, 4)
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
         return TRPOState(self.policy.init(key_policy), value, self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
-                         reset_envs(self.env, key_env, self.config.n_envs), key)
+                         self.reset_envs(key_env), key)
 
-    def train_chunk(self, state: TRPOState):
+    def learn(self, state: TRPOState, rollout, key_value):
         config = self.config
-        key, key_collect, key_value = jax.random.split(state.key, 3)
-        env_states, rollout = collect(self.env, self.spec, self.policy, state.policy_params, state.env_states,
-                                      key_collect, config.n_steps, self.limit)
         advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, config.gae_lambda)
         obs, actions, old_log_probs, advantages, returns = flatten_time(
             (rollout.obs, rollout.action, rollout.log_prob, advantages, returns))
@@ -95,4 +92,4 @@ class TRPO(OnPolicyAgent):
         metrics = {"surrogate_improvement": info["improvement"], "kl": info["kl"],
                    "step_accepted": info["accepted"].astype(jnp.float32), "value_loss": value_loss,
                    "train_episode_return": finished_episode_return(rollout)}
-        return TRPOState(params, value, value_opt, env_states, key), metrics
+        return dataclasses.replace(state, policy_params=params, value=value, value_opt=value_opt), metrics

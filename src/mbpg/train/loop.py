@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpg.envs.autoreset import episode_limit, evaluate
+from mbpg.envs.gym_adapter import GymnasiumEnv
 from mbpg.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from mbpg.train.host import HostDriver
 from mbpg.train.logger import RunLogger
 
 CHECKPOINT_NAME = "checkpoint.eqx"
@@ -79,11 +81,32 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
     resume_step = first_chunk * agent.steps_per_chunk if resume else None
     logger = RunLogger(run_dir, {**identity, "total_steps": settings.total_steps, "eval_every": settings.eval_every,
                                  "eval_episodes": settings.eval_episodes}, resume_step, settings.tensorboard)
-    chunk_fn = eqx.filter_jit(eqx.filter_vmap(agent.train_chunk))
-    limit = episode_limit(env)
-    eval_fn = eqx.filter_jit(eqx.filter_vmap(lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes,
-                                                                      limit)))
     eval_root = jax.random.fold_in(jax.random.key(settings.seed), 0xE7A1)
+    if isinstance(env, GymnasiumEnv):
+        if settings.n_seeds != 1:
+            raise ValueError("host-side Gymnasium envs train one seed per process; pass --seeds 1 (or use a JAX "
+                             "port, whose seeds run as one vmapped program).")
+        driver = HostDriver(agent, env, settings.seed)
+        one_seed = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
+        with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
+
+        def chunk_fn(state):
+            new_state, metrics = driver.chunk(eqx.combine(one_seed(eqx.filter(state, eqx.is_array)),
+                                                          eqx.filter(state, eqx.is_array, inverse=True)))
+            return stack_states([new_state]), with_seed_axis(metrics)
+
+        def eval_fn(state, chunk):
+            single = eqx.combine(one_seed(eqx.filter(state, eqx.is_array)), eqx.filter(state, eqx.is_array,
+                                                                                       inverse=True))
+            return driver.evaluate(single, settings.eval_episodes, chunk)[None]
+    else:
+        chunk_fn = eqx.filter_jit(eqx.filter_vmap(agent.train_chunk))
+        limit = episode_limit(env)
+        evaluate_seeds = eqx.filter_jit(eqx.filter_vmap(
+            lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes, limit)))
+
+        def eval_fn(state, chunk):
+            return evaluate_seeds(state, jax.random.split(jax.random.fold_in(eval_root, chunk), settings.n_seeds))
     checkpoint_chunks = max(1, settings.checkpoint_every // agent.steps_per_chunk)
     metrics: dict = {}
     started = time.perf_counter()
@@ -94,8 +117,7 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
             previous = chunk * agent.steps_per_chunk
             metrics = {k: np.asarray(v) for k, v in metrics.items()}
             if steps // settings.eval_every > previous // settings.eval_every or chunk == n_chunks - 1:
-                eval_keys = jax.random.split(jax.random.fold_in(eval_root, chunk), settings.n_seeds)
-                returns = np.asarray(eval_fn(state, eval_keys))
+                returns = np.asarray(eval_fn(state, chunk))
                 metrics["eval_return"] = returns.mean(axis=1)
                 metrics["eval_return_std"] = returns.std(axis=1)
             for seed_index in range(settings.n_seeds):

@@ -1,0 +1,111 @@
+"""Training on host-side Gymnasium environments (MuJoCo and any other id without a JAX port).
+
+The environments step in Python; the agent's acting and learning stay compiled. The driver produces exactly the
+batches the JAX path produces (a `Rollout` for on-policy agents, one transition at a time for SAC), so the
+algorithms are unchanged. One seed per process: host environments cannot be vmapped.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbpg.algos.on_policy import Rollout
+from mbpg.envs.gym_adapter import GymnasiumEnv
+
+
+class HostDriver:
+    def __init__(self, agent, env: GymnasiumEnv, seed: int):
+        self.agent, self.env_id, self.seed = agent, env.env_id, seed
+        n_envs = getattr(agent.config, "n_envs", 1)
+        self.envs = [env] + [GymnasiumEnv(env.env_id) for _ in range(n_envs - 1)]
+        self.obs = np.stack([e.reset(seed=seed * 10_000 + i) for i, e in enumerate(self.envs)]).astype(np.float32)
+        self.returns = np.zeros(n_envs, np.float32)
+        self.key = jax.random.fold_in(jax.random.key(seed), 0x4057)
+        spec, policy = agent.spec, getattr(agent, "policy", None)
+        if hasattr(agent, "learn"):
+            self._sample = eqx.filter_jit(lambda params, obs, keys: jax.vmap(
+                lambda o, k: _sample_with_log_prob(policy, params, o, k))(obs, keys))
+            self._learn = eqx.filter_jit(agent.learn)
+        else:
+            self._explore = eqx.filter_jit(agent.explore)
+            self._observe = eqx.filter_jit(agent.observe)
+        self._act = eqx.filter_jit(agent.act)
+        self._clip = jax.jit(spec.clip)
+
+    def _next_key(self) -> jax.Array:
+        self.key, key = jax.random.split(self.key)
+        return key
+
+    def _step_all(self, actions: np.ndarray):
+        """Step every environment; a finished one is reset, and its true final observation is kept."""
+        rows = []
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            self.returns[i] += reward
+            done = terminated or truncated
+            rows.append((self.obs[i], reward, np.asarray(next_obs, np.float32), terminated, truncated,
+                         self.returns[i] if done else 0.0))
+            if done:
+                self.returns[i] = 0.0
+                next_obs = env.reset()
+            self.obs[i] = next_obs
+        obs, reward, next_obs, terminated, truncated, episode_return = (np.stack(c) for c in zip(*rows))
+        return obs, reward.astype(np.float32), next_obs, terminated, truncated, episode_return.astype(np.float32)
+
+    def chunk(self, state):
+        return self._on_policy_chunk(state) if hasattr(self.agent, "learn") else self._sac_chunk(state)
+
+    def _on_policy_chunk(self, state):
+        steps = []
+        for _ in range(self.agent.config.n_steps):
+            keys = jax.random.split(self._next_key(), len(self.envs))
+            actions, log_probs = self._sample(state.policy_params, jnp.asarray(self.obs), keys)
+            env_actions = np.asarray(self._clip(actions))
+            obs, reward, next_obs, terminated, truncated, episode_return = self._step_all(env_actions)
+            steps.append(Rollout(obs, np.asarray(actions), np.asarray(log_probs), reward, next_obs, terminated,
+                                 truncated, episode_return))
+        rollout = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *steps)
+        key, key_learn = jax.random.split(state.key)
+        state, metrics = self._learn(state, rollout, key_learn)
+        done = np.asarray(rollout.terminated | rollout.truncated)
+        metrics = dict(metrics)
+        metrics["train_episode_return"] = (np.asarray(rollout.episode_return).sum() / done.sum()) if done.any() \
+            else np.nan
+        return eqx.tree_at(lambda s: s.key, state, key), metrics
+
+    def _sac_chunk(self, state):
+        infos, finished = [], []
+        for _ in range(self.agent.steps_per_chunk):
+            key_act, key_random, _, key_update = jax.random.split(self._next_key(), 4)
+            action = np.asarray(self._explore(state, jnp.asarray(self.obs[0]), key_act, key_random))
+            obs, reward, next_obs, terminated, truncated, episode_return = self._step_all(action[None])
+            state, info = self._observe(state, {"obs": obs[0], "action": action, "reward": reward[0],
+                                                "next_obs": next_obs[0], "terminated": terminated[0]}, key_update)
+            infos.append(info)
+            if terminated[0] or truncated[0]:
+                finished.append(episode_return[0])
+        metrics = {k: float(np.mean([np.asarray(i[k]) for i in infos])) for k in infos[0]}
+        metrics["train_episode_return"] = float(np.mean(finished)) if finished else np.nan
+        return state, metrics
+
+    def evaluate(self, state, n_episodes: int, chunk: int) -> np.ndarray:
+        """Deterministic episodes on a fresh environment, seeded per evaluation so results repeat."""
+        returns = []
+        with GymnasiumEnv(self.env_id) as env:
+            for episode in range(n_episodes):
+                obs, total, done = env.reset(seed=1_000_003 * (self.seed + 1) + 1009 * chunk + episode), 0.0, False
+                while not done:
+                    action = np.asarray(self._act(state, jnp.asarray(obs, jnp.float32), jax.random.key(0)))
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    total += reward
+                    done = terminated or truncated
+                returns.append(total)
+        return np.asarray(returns, np.float32)
+
+
+def _sample_with_log_prob(policy, params, obs, key):
+    action = policy.sample(params, obs, key)
+    return action, policy.log_prob(params, obs, action)

@@ -60,6 +60,9 @@ class SACState(eqx.Module):
     key: jax.Array
 
 
+LEARNER_FIELDS = ("actor", "critic", "target_critic", "log_alpha", "actor_opt", "critic_opt", "alpha_opt")
+
+
 class SAC:
     name = "sac"
 
@@ -143,17 +146,21 @@ class SAC:
 
     def observe(self, state: SACState, transition: dict, key_update) -> tuple[SACState, dict]:
         """Store one real transition and, once learning has started, take the gradient steps of this env step."""
-        replay = state.replay.add(transition)
-        state = dataclasses.replace(state, replay=replay, steps=state.steps + 1)
+        state = dataclasses.replace(state, replay=state.replay.add(transition), steps=state.steps + 1)
+        # Only what the update changes goes through the cond: under vmap (many seeds) a cond becomes a select of
+        # its outputs, and selecting the whole state would copy the replay buffer on every env step.
+        learner = {name: getattr(state, name) for name in LEARNER_FIELDS}
 
-        def learn(state):
-            state, infos = jax.lax.scan(self.update, state, jax.random.split(key_update, self.config.updates_per_step))
-            return state, jax.tree.map(jnp.mean, infos)
+        def learn(learner):
+            updated, infos = jax.lax.scan(self.update, dataclasses.replace(state, **learner),
+                                          jax.random.split(key_update, self.config.updates_per_step))
+            return {name: getattr(updated, name) for name in LEARNER_FIELDS}, jax.tree.map(jnp.mean, infos)
 
-        def wait(state):
-            return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda s: learn(s)[1], state))
+        def wait(learner):
+            return learner, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x: learn(x)[1], learner))
 
-        return jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, state)
+        learner, info = jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, learner)
+        return dataclasses.replace(state, **learner), info
 
     def env_step(self, state: SACState, key) -> tuple[SACState, dict]:
         key_act, key_random, key_env, key_update = jax.random.split(key, 4)

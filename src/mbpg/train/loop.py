@@ -56,6 +56,25 @@ def stack_states(states: list):
     return eqx.combine(stacked, eqx.filter(states[0], eqx.is_array, inverse=True))
 
 
+def over_seeds(function, n_seeds: int):
+    """vmap over the leading seed axis; with one seed, squeeze the axis and call the function directly.
+
+    Measured here (SAC on Pendulum, 2-core CPU): a vmap of size 1 ran 189 env steps/s against 300 unbatched, since
+    XLA lowers the batched matmuls, gathers and scatters of a size-1 batch to slower general forms.
+    """
+    if n_seeds > 1:
+        return eqx.filter_vmap(function)
+
+    def single(*args):
+        squeezed = [eqx.combine(jax.tree.map(lambda x: x[0], eqx.filter(a, eqx.is_array)),
+                                eqx.filter(a, eqx.is_array, inverse=True)) for a in args]
+        out = function(*squeezed)
+        return eqx.combine(jax.tree.map(lambda x: x[None], eqx.filter(out, eqx.is_array)),
+                           eqx.filter(out, eqx.is_array, inverse=True))
+
+    return single
+
+
 def _identity(agent, env_id: str, settings: LoopSettings) -> dict:
     """What must match for a checkpoint to be resumed by this run."""
     return {"algo": agent.name, "env": env_id, "seed": settings.seed, "n_seeds": settings.n_seeds,
@@ -100,10 +119,10 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
                                                                                        inverse=True))
             return driver.evaluate(single, settings.eval_episodes, chunk)[None]
     else:
-        chunk_fn = eqx.filter_jit(eqx.filter_vmap(agent.train_chunk))
+        chunk_fn = eqx.filter_jit(over_seeds(agent.train_chunk, settings.n_seeds))
         limit = episode_limit(env)
-        evaluate_seeds = eqx.filter_jit(eqx.filter_vmap(
-            lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes, limit)))
+        evaluate_seeds = eqx.filter_jit(over_seeds(
+            lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes, limit), settings.n_seeds))
 
         def eval_fn(state, chunk):
             return evaluate_seeds(state, jax.random.split(jax.random.fold_in(eval_root, chunk), settings.n_seeds))

@@ -14,3 +14,21 @@ __all__ = [
     "fit_linear_model", "learned_linear_model", "perturbed_lqr", "relative_dynamics_error",
     "sample_linear_transitions",
 ]
+
+from mbpg.models.ensemble import (
+    MBPO_WEIGHT_DECAY,
+    EnsembleConfig,
+    FitReport,
+    GaussianEnsemble,
+    ModelDivergenceError,
+    ModelEnv,
+    init_ensemble,
+)
+from mbpg.models.ensemble import fit as fit_ensemble
+from mbpg.models.ensemble import predict as predict_ensemble
+from mbpg.models.ensemble import predict_all as predict_ensemble_all
+
+__all__ += [
+    "EnsembleConfig", "GaussianEnsemble", "FitReport", "ModelDivergenceError", "ModelEnv", "MBPO_WEIGHT_DECAY",
+    "init_ensemble", "fit_ensemble", "predict_ensemble", "predict_ensemble_all",
+]

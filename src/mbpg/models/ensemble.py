@@ -1,0 +1,652 @@
+"""Probabilistic ensembles of Gaussian MLPs: the learned dynamics that MBPO, ME-TRPO, SLBO and SVG share.
+
+Why this form (PETS, Chua et al. 2018; MBPO, Janner et al. 2019): each member predicts a Gaussian over the
+*change* of the observation and the reward, so it can say where the data are noisy (aleatoric), and the
+members, trained from different initialisations on different bootstrap resamples, disagree where data are
+scarce (epistemic). Predicting s' - s instead of s' keeps the targets small and centred, and normalising
+inputs and targets with statistics of the training split lets one learning rate and one weight decay serve
+every task.
+
+The members' parameters are stacked on a leading axis and evaluated with `jax.vmap`: one compiled program runs
+the whole ensemble, and `jax.tree.map(lambda p: p[i], model.members)` is member i.
+
+Layout of every predicted vector: `[next_obs (obs_dim entries), reward (1 entry, when predict_reward)]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from gymnasium import spaces
+
+from mbpg.policies.mlp import ACTIVATIONS, MLP, build_mlp
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+# MBPO's per-layer decays for its 4 x 200 network (input layer first, output layer last).
+MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """Architecture and training of a probabilistic ensemble; the defaults are MBPO's (Janner et al. 2019)."""
+
+    n_members: int = 7
+    """Networks trained; more members give a better estimate of where the model does not know."""
+    n_elites: int = 5
+    """Members with the lowest holdout MSE that `predict` draws from: the worst fits are trained but not used."""
+    hidden: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden widths of each member."""
+    activation: str = "silu"
+    """Hidden activation by name (see mbpg.policies.mlp.ACTIVATIONS); MBPO's swish is silu."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    weight_decay: float | tuple[float, ...] = 5e-5
+    """L2 penalty `decay * sum(W^2) / 2` on the weight matrices (not biases) added to the loss, as in PETS/MBPO
+    (a penalty, not AdamW's decoupled decay). A float applies to every layer; a tuple gives one value per
+    layer, input layer first and output layer last (len(hidden) + 1 entries): `MBPO_WEIGHT_DECAY` is MBPO's
+    (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4) for the default four hidden layers. It keeps the mean from
+    extrapolating wildly away from the data, which is where model rollouts go."""
+    batch_size: int = 256
+    """Transitions per member per gradient step (capped at the training-split size)."""
+    holdout_fraction: float = 0.2
+    """Share of the data held out (never trained on) for early stopping and elite selection."""
+    max_holdout: int = 5000
+    """Cap on the holdout size (MBPO's), so that per-epoch evaluation stays cheap as the buffer grows."""
+    max_epochs: int = 200
+    """Upper bound on passes over the training split."""
+    patience: int = 5
+    """Stop once no member has improved its holdout MSE by more than `min_improvement` for this many epochs.
+    Each member keeps the parameters of its best holdout MSE, not its last."""
+    min_improvement: float = 0.01
+    """Relative holdout-MSE decrease that counts as progress for `patience` (MBPO's 1%): smaller gains still
+    update a member's kept parameters but no longer keep training alive."""
+    predict_reward: bool = True
+    """Learn the reward as an extra output. Turn off when the reward is a known function of (s, a, s') and pass
+    it to `ModelEnv` instead: a known reward is exact and leaves the network to the dynamics."""
+    init_max_log_var: float = 0.5
+    """Starting upper soft bound of the (normalised) log-variance (PETS' value)."""
+    init_min_log_var: float = -10.0
+    """Starting lower soft bound of the (normalised) log-variance (PETS' value)."""
+    log_var_bound_penalty: float = 0.01
+    """Weight of `sum(max_log_var) - sum(min_log_var)` in the loss (PETS): the bounds are learned, and without
+    this pull they would drift apart until they no longer bound anything."""
+    output_scale: float = 0.1
+    """Gain of each member's orthogonally initialised output layer: small, so that a fresh member predicts
+    roughly the mean change with roughly the data's variance instead of an arbitrary offset."""
+
+    def __post_init__(self):
+        for name in ("n_members", "n_elites", "batch_size", "max_holdout", "max_epochs", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"EnsembleConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_elites > self.n_members:
+            raise ValueError(f"n_elites ({self.n_elites}) cannot exceed n_members ({self.n_members}); lower "
+                             "n_elites or train more members.")
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
+        if not hidden or any(int(h) != h or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be positive layer widths, got {self.hidden}; e.g. hidden=(200, 200).")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}.")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}: early stopping "
+                             "and elite selection need held-out data.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if not self.init_min_log_var < self.init_max_log_var:
+            raise ValueError(f"need init_min_log_var < init_max_log_var, got ({self.init_min_log_var}, "
+                             f"{self.init_max_log_var}).")
+        if self.min_improvement < 0 or self.log_var_bound_penalty < 0:
+            raise ValueError("min_improvement and log_var_bound_penalty must be >= 0.")
+        if not isinstance(self.weight_decay, (int, float)):
+            object.__setattr__(self, "weight_decay", tuple(float(w) for w in self.weight_decay))
+        self.layer_weight_decay()  # validates the length
+
+    def layer_weight_decay(self) -> tuple[float, ...]:
+        """One decay per linear layer, input layer first."""
+        n_layers = len(self.hidden) + 1
+        if isinstance(self.weight_decay, (int, float)):
+            decays = (float(self.weight_decay),) * n_layers
+        else:
+            decays = tuple(self.weight_decay)
+        if len(decays) != n_layers or any(d < 0 for d in decays):
+            raise ValueError(f"weight_decay needs one non-negative value per layer ({n_layers} for hidden="
+                             f"{self.hidden}) or a single float; got {self.weight_decay}.")
+        return decays
+
+
+class GaussianMember(eqx.Module):
+    """One member: an MLP on normalised [s, a] giving the mean and raw log-variance of the normalised target,
+    and its learned log-variance bounds.
+
+    The bounds are per member (PETS shares one pair across the ensemble) so that each member's best parameters
+    can be kept on their own during early stopping.
+    """
+
+    net: MLP
+    max_log_var: jax.Array
+    min_log_var: jax.Array
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = self.net(x)
+        size = out.shape[-1] // 2
+        mean, raw = out[:size], out[size:]
+        # PETS' soft clamp: smooth, so gradients still reach inputs that sit at a bound, and the bounds learn.
+        log_var = self.max_log_var - jax.nn.softplus(self.max_log_var - raw)
+        log_var = self.min_log_var + jax.nn.softplus(log_var - self.min_log_var)
+        return mean, log_var
+
+
+class GaussianEnsemble(eqx.Module):
+    """Stacked members with the normalisation and elites of the fit that produced them.
+
+    The statistics travel with the parameters because the networks only make sense in the units they were
+    trained in; a later fit recomputes both together.
+    """
+
+    members: GaussianMember  # every array leaf has a leading axis of n_members
+    input_mean: jax.Array
+    input_std: jax.Array
+    target_mean: jax.Array
+    target_std: jax.Array
+    elites: jax.Array  # int [n_elites]
+    obs_dim: int = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
+    config: EnsembleConfig = eqx.field(static=True)
+
+    @property
+    def target_dim(self) -> int:
+        return self.obs_dim + (1 if self.config.predict_reward else 0)
+
+    @property
+    def n_members(self) -> int:
+        return self.config.n_members
+
+    def member(self, index: int) -> GaussianMember:
+        return jax.tree.map(lambda p: p[index], self.members)
+
+
+def init_ensemble(config: EnsembleConfig, obs_dim: int, action_dim: int, key: jax.Array) -> GaussianEnsemble:
+    """A fresh ensemble with identity normalisation (fit replaces it) and the first n_elites members as elites."""
+    if int(obs_dim) != obs_dim or obs_dim < 1 or int(action_dim) != action_dim or action_dim < 1:
+        raise ValueError(f"obs_dim and action_dim must be positive integers, got {obs_dim}, {action_dim}.")
+    obs_dim, action_dim = int(obs_dim), int(action_dim)
+    target_dim = obs_dim + (1 if config.predict_reward else 0)
+    in_size = obs_dim + action_dim
+
+    def member(key):
+        net = build_mlp(in_size, 2 * target_dim, config.hidden, key, config.activation, config.output_scale)
+        dtype = net.layers[-1].weight.dtype
+        return GaussianMember(net, jnp.full((target_dim,), config.init_max_log_var, dtype),
+                              jnp.full((target_dim,), config.init_min_log_var, dtype))
+
+    members = jax.vmap(member)(jax.random.split(key, config.n_members))
+    dtype = members.max_log_var.dtype
+    return GaussianEnsemble(
+        members,
+        jnp.zeros(in_size, dtype), jnp.ones(in_size, dtype),
+        jnp.zeros(target_dim, dtype), jnp.ones(target_dim, dtype),
+        jnp.arange(config.n_elites, dtype=jnp.int32), obs_dim, action_dim, config,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prediction
+
+
+def _inputs(model: GaussianEnsemble, obs, action) -> tuple[jax.Array, jax.Array, jax.Array]:
+    obs = jnp.asarray(obs, model.input_mean.dtype)
+    if obs.shape != (model.obs_dim,):
+        raise ValueError(f"the ensemble predicts from ONE observation of shape ({model.obs_dim},), got "
+                         f"{obs.shape}; vmap over a batch, e.g. jax.vmap(predict, in_axes=(None, 0, 0, 0)).")
+    action = jnp.asarray(action, obs.dtype)
+    if action.size != model.action_dim:
+        raise ValueError(f"the ensemble takes ONE action with {model.action_dim} entries, got shape "
+                         f"{action.shape}; vmap over a batch.")
+    action = jnp.reshape(action, (model.action_dim,))
+    x = (jnp.concatenate([obs, action]) - model.input_mean) / model.input_std
+    return obs, action, x
+
+
+def _denormalise(model: GaussianEnsemble, obs, mean, log_var):
+    """Normalised (delta, reward) mean/log-variance -> [next_obs, reward] mean and variance in data units."""
+    mean = mean * model.target_std + model.target_mean
+    mean = mean.at[..., : model.obs_dim].add(obs)
+    return mean, jnp.exp(log_var) * model.target_std**2
+
+
+def predict_all(model: GaussianEnsemble, obs, action) -> tuple[jax.Array, jax.Array]:
+    """Every member's Gaussian for ONE (obs, action): means and variances, each [n_members, target_dim] in the
+    layout [next_obs, reward]. For disagreement-based uncertainty (ME-TRPO's validation, MOPO-style penalties)
+    and for averaging over members."""
+    obs, _, x = _inputs(model, obs, action)
+    mean, log_var = jax.vmap(lambda m: m(x))(model.members)
+    return _denormalise(model, obs, mean, log_var)
+
+
+def predict(model: GaussianEnsemble, obs, action, key: jax.Array, deterministic: bool = False):
+    """One model step from ONE (obs, action): `(next_obs, reward)`, reward None without reward prediction.
+
+    A random elite is drawn per call (PETS' TS1 / MBPO propagation): along a rollout the member changes every
+    step, so a policy cannot exploit one member's particular error. `deterministic` (a Python bool) returns that
+    elite's mean instead of a sample; the elite is still random, as in MBPO. Only the elites are evaluated (all
+    of them, then one is selected): under vmap this costs n_elites forward passes per sample but never gathers a
+    copy of the parameters per sample.
+    """
+    obs, _, x = _inputs(model, obs, action)
+    key_member, key_noise = jax.random.split(key)
+    elites = jax.tree.map(lambda p: p[model.elites], model.members)
+    means, log_vars = jax.vmap(lambda m: m(x))(elites)
+    choice = jax.random.randint(key_member, (), 0, model.elites.shape[0])
+    mean, log_var = means[choice], log_vars[choice]
+    if not deterministic:
+        mean = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key_noise, mean.shape, mean.dtype)
+    target = mean * model.target_std + model.target_mean
+    next_obs = obs + target[: model.obs_dim]
+    reward = target[model.obs_dim] if model.config.predict_reward else None
+    return next_obs, reward
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    """What one `fit` did. Histories are [epochs, n_members] NumPy arrays; losses are per target dimension in
+    normalised units (targets of the training split have mean 0 and std 1 per dimension)."""
+
+    epochs: int
+    """Epochs run (<= max_epochs)."""
+    stopped_early: bool
+    """True when patience ran out before max_epochs."""
+    train_nll: np.ndarray
+    """Mean Gaussian NLL over each epoch's batches (the likelihood term of the loss, without penalties)."""
+    holdout_nll: np.ndarray
+    """Gaussian NLL on the holdout after each epoch."""
+    holdout_mse_history: np.ndarray
+    """Squared error of the mean on the holdout after each epoch: the early-stopping criterion."""
+    holdout_mse: np.ndarray
+    """[n_members] holdout MSE of the parameters each member kept (its best epoch)."""
+    elites: np.ndarray
+    """The n_elites members with the lowest `holdout_mse`, best first."""
+    holdout_indices: np.ndarray
+    """Rows of the fitted dataset that formed the holdout (never trained on)."""
+
+
+class ModelDivergenceError(ValueError):
+    """A member's loss or parameters became non-finite during `fit`.
+
+    `last_good_model` is what `fit` would have returned had it stopped just before the failure: every member at
+    its best holdout epoch so far (the parameters it was given, for a failure in the first epoch), with this
+    fit's normalisation, so a training loop can log the error and carry on with a finite model.
+    """
+
+    def __init__(self, message: str, *, members: tuple[int, ...], epoch: int, batch: int | None,
+                 last_good_model: GaussianEnsemble, report: FitReport):
+        super().__init__(message)
+        self.members = members
+        self.epoch = epoch
+        self.batch = batch
+        self.last_good_model = last_good_model
+        self.report = report
+
+
+def bootstrap_indices(key: jax.Array, n_members: int, n: int) -> jax.Array:
+    """[n_members, n] rows drawn with replacement from range(n): each member's resample of the training split.
+
+    Drawn ONCE per fit. Redrawing every step would show every member every row within a few epochs, so the
+    members would converge to the same function and the ensemble's disagreement would stop measuring anything.
+    """
+    return jax.random.randint(key, (n_members, n), 0, n)
+
+
+def epoch_batches(key: jax.Array, bootstrap: jax.Array, batch_size: int) -> jax.Array:
+    """[n_batches, n_members, batch] row indices for one epoch: each member's fixed resample, reshuffled.
+
+    Only the order changes between epochs: over one epoch, member m sees exactly the rows of bootstrap[m] (the
+    last batch wraps around to the start of the order, so every batch has the same static shape).
+    """
+    n_members, n = bootstrap.shape
+    batch = min(int(batch_size), n)
+    n_batches = -(-n // batch)
+    order = jax.vmap(lambda k, rows: rows[jax.random.permutation(k, n)])(jax.random.split(key, n_members), bootstrap)
+    positions = jnp.arange(n_batches * batch) % n
+    return order[:, positions].reshape(n_members, n_batches, batch).transpose(1, 0, 2)
+
+
+def _member_loss(member: GaussianMember, x, y, decays, bound_penalty):
+    mean, log_var = jax.vmap(member)(x)
+    nll = 0.5 * jnp.mean((mean - y) ** 2 * jnp.exp(-log_var) + log_var) + 0.5 * _LOG_2PI
+    decay = sum(d * 0.5 * jnp.sum(layer.weight**2) for d, layer in zip(decays, member.net.layers) if d)
+    bounds = bound_penalty * (jnp.sum(member.max_log_var) - jnp.sum(member.min_log_var))
+    return nll + decay + bounds, nll
+
+
+def _member_errors(members: GaussianMember, x, y):
+    """[n_members] MSE of the mean and NLL on (x, y), normalised units."""
+
+    def one(member):
+        mean, log_var = jax.vmap(member)(x)
+        mse = jnp.mean((mean - y) ** 2)
+        nll = 0.5 * jnp.mean((mean - y) ** 2 * jnp.exp(-log_var) + log_var) + 0.5 * _LOG_2PI
+        return mse, nll
+
+    return jax.vmap(one)(members)
+
+
+def _per_member_all_finite(tree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]).all(0)
+
+
+def _where_member(mask, new, old):
+    """Per-member choice between two stacked parameter trees."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+def _where_all(flag, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+@eqx.filter_jit
+def _epoch(members, opt_state, best_members, best_mse, key, bootstrap, x, y, x_hold, y_hold,
+           config: EnsembleConfig):
+    """One pass over every member's bootstrap resample, then the holdout check. A step whose loss or new
+    parameters are non-finite for any member is not applied (nor any later step of the epoch): the carry then
+    holds the last good parameters and the host raises."""
+    optimizer = optax.adam(config.learning_rate)
+    decays = config.layer_weight_decay()
+
+    def objective(members, xb, yb):
+        total, nll = jax.vmap(lambda m, xm, ym: _member_loss(m, xm, ym, decays, config.log_var_bound_penalty))(
+            members, xb, yb)
+        return jnp.sum(total), (total, nll)
+
+    def step(carry, indices):
+        members, opt_state, failed, failed_members, failed_batch, i = carry
+        (_, (total, nll)), grads = eqx.filter_value_and_grad(objective, has_aux=True)(
+            members, x[indices], y[indices])
+        updates, new_opt_state = optimizer.update(grads, opt_state, members)
+        new_members = eqx.apply_updates(members, updates)
+        ok = jnp.isfinite(total) & _per_member_all_finite(new_members)
+        fails_now = ~failed & ~jnp.all(ok)
+        accept = ~failed & jnp.all(ok)
+        carry = (_where_all(accept, new_members, members), _where_all(accept, new_opt_state, opt_state),
+                 failed | fails_now, jnp.where(fails_now, ~ok, failed_members),
+                 jnp.where(fails_now, i, failed_batch), i + 1)
+        return carry, nll
+
+    n_members = bootstrap.shape[0]
+    carry = (members, opt_state, jnp.zeros((), bool), jnp.zeros(n_members, bool), jnp.zeros((), jnp.int32),
+             jnp.zeros((), jnp.int32))
+    (members, opt_state, failed, failed_members, failed_batch, _), nll = jax.lax.scan(
+        step, carry, epoch_batches(key, bootstrap, config.batch_size))
+    mse, holdout_nll = _member_errors(members, x_hold, y_hold)
+    improved = mse < best_mse  # NaN never improves
+    significant = mse < best_mse * (1.0 - config.min_improvement)
+    best_members = _where_member(improved, members, best_members)
+    best_mse = jnp.where(improved, mse, best_mse)
+    return (members, opt_state, best_members, best_mse, jnp.mean(nll, 0), mse, holdout_nll, significant,
+            failed, failed_members, failed_batch)
+
+
+def _as_rows(name: str, value, n: int | None, width: int) -> np.ndarray:
+    array = np.asarray(value, np.float64)
+    if array.ndim == 1 and width == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[1] != width or (n is not None and array.shape[0] != n):
+        expected = f"[{n if n is not None else 'N'}, {width}]"
+        raise ValueError(f"{name} must have shape {expected} (one row per transition), got {array.shape}.")
+    return array
+
+
+def _robust_stats(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column over the finite entries only, std floored to 1 for constant columns.
+
+    Corrupted rows must not poison the normalisation of every member: they should fail in the members that
+    train on them, with an error that names those members, while the statistics stay finite.
+    """
+    clean = np.where(np.isfinite(array), array, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        mean = np.nanmean(clean, 0)
+        std = np.nanstd(clean, 0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    return mean, std
+
+
+def fit(model: GaussianEnsemble, obs, actions, next_obs, rewards, key: jax.Array) -> tuple[GaussianEnsemble, FitReport]:
+    """Train every member on transitions (obs [N, obs_dim], actions [N, action_dim], next_obs, rewards [N]).
+
+    Training continues from `model`'s parameters (MBPO retrains the same networks as the buffer grows); Adam's
+    moments start afresh each fit. The normalisation statistics are recomputed on this fit's training split.
+    `rewards` may be None when the config does not predict the reward. Raises ModelDivergenceError (with
+    `last_good_model`) if a member's loss or parameters become non-finite.
+
+    Each epoch is one compiled call; it compiles once per dataset size (a growing buffer compiles again).
+    """
+    config = model.config
+    obs = _as_rows("obs", obs, None, model.obs_dim)
+    n = obs.shape[0]
+    actions = _as_rows("actions", actions, n, model.action_dim)
+    next_obs = _as_rows("next_obs", next_obs, n, model.obs_dim)
+    columns = [next_obs - obs]
+    if config.predict_reward:
+        if rewards is None:
+            raise ValueError("this ensemble predicts the reward (predict_reward=True) but rewards=None; pass the "
+                             "rewards or build the ensemble with EnsembleConfig(predict_reward=False).")
+        columns.append(_as_rows("rewards", rewards, n, 1))
+    inputs = np.concatenate([obs, actions], 1)
+    targets = np.concatenate(columns, 1)
+
+    n_holdout = min(int(n * config.holdout_fraction), config.max_holdout)
+    if n_holdout < 1 or n - n_holdout < 1:
+        raise ValueError(f"{n} transitions leave {n_holdout} for the holdout and {n - n_holdout} for training; "
+                         "early stopping needs both: collect more data or raise holdout_fraction.")
+    key_split, key_boot, key_epochs = jax.random.split(key, 3)
+    order = np.asarray(jax.random.permutation(key_split, n))
+    holdout_rows, train_rows = np.sort(order[:n_holdout]), order[n_holdout:]
+
+    dtype = model.input_mean.dtype
+    in_mean, in_std = _robust_stats(inputs[train_rows])
+    t_mean, t_std = _robust_stats(targets[train_rows])
+    model = eqx.tree_at(
+        lambda m: (m.input_mean, m.input_std, m.target_mean, m.target_std), model,
+        tuple(jnp.asarray(a, dtype) for a in (in_mean, in_std, t_mean, t_std)))
+    x = jnp.asarray((inputs - in_mean) / in_std, dtype)
+    y = jnp.asarray((targets - t_mean) / t_std, dtype)
+    x_train, y_train = x[train_rows], y[train_rows]
+    x_hold, y_hold = x[holdout_rows], y[holdout_rows]
+    bootstrap = bootstrap_indices(key_boot, config.n_members, n - n_holdout)
+
+    members = model.members
+    opt_state = optax.adam(config.learning_rate).init(members)
+    best_members, best_mse = members, jnp.full(config.n_members, jnp.inf, dtype)
+    history = {"train": [], "nll": [], "mse": []}
+    since_progress, stopped_early = 0, False
+
+    def report(best_mse):
+        best = np.asarray(best_mse)
+        elites = np.argsort(best, kind="stable")[: config.n_elites]
+        stack = lambda rows: np.stack(rows) if rows else np.zeros((0, config.n_members))  # noqa: E731
+        return FitReport(len(history["train"]), stopped_early, stack(history["train"]), stack(history["nll"]),
+                         stack(history["mse"]), best, elites, holdout_rows)
+
+    def with_members(members, elites):
+        return eqx.tree_at(lambda m: (m.members, m.elites), model, (members, jnp.asarray(elites, jnp.int32)))
+
+    for epoch in range(config.max_epochs):
+        (members, opt_state, new_best_members, new_best_mse, train_nll, mse, holdout_nll, significant, failed,
+         failed_members, failed_batch) = _epoch(members, opt_state, best_members, best_mse,
+                                                 jax.random.fold_in(key_epochs, epoch), bootstrap, x_train,
+                                                 y_train, x_hold, y_hold, config)
+        mse_host = np.asarray(mse)
+        if bool(failed) or not np.all(np.isfinite(mse_host)):
+            where = f"epoch {epoch}, batch {int(failed_batch)}" if bool(failed) else \
+                f"epoch {epoch}, holdout evaluation"
+            bad = np.flatnonzero(np.asarray(failed_members)) if bool(failed) else \
+                np.flatnonzero(~np.isfinite(mse_host))
+            partial = report(best_mse)
+            raise ModelDivergenceError(
+                _divergence_message(bad, where, inputs, targets, config),
+                members=tuple(int(b) for b in bad), epoch=epoch, batch=int(failed_batch) if bool(failed) else None,
+                last_good_model=with_members(best_members, partial.elites), report=partial)
+        best_members, best_mse = new_best_members, new_best_mse
+        history["train"].append(np.asarray(train_nll))
+        history["nll"].append(np.asarray(holdout_nll))
+        history["mse"].append(mse_host)
+        since_progress = 0 if bool(np.any(np.asarray(significant))) else since_progress + 1
+        if since_progress >= config.patience:
+            stopped_early = True
+            break
+
+    final = report(best_mse)
+    return with_members(best_members, final.elites), final
+
+
+def _divergence_message(bad, where, inputs, targets, config) -> str:
+    names = ", ".join(str(int(b)) for b in bad)
+    message = (f"ensemble member{'s' if len(bad) > 1 else ''} {names} (of {config.n_members}) produced a "
+               f"non-finite loss or parameters at {where}; training stopped and error.last_good_model holds the "
+               "finite parameters from before the failure.")
+    corrupt = np.flatnonzero(~np.all(np.isfinite(np.concatenate([inputs, targets], 1)), axis=1))
+    if corrupt.size:
+        shown = ", ".join(str(r) for r in corrupt[:10]) + (", ..." if corrupt.size > 10 else "")
+        return (message + f" The data contain non-finite values in {corrupt.size} row(s) [{shown}]: drop or fix "
+                "those transitions before fitting.")
+    return message + (f" The data are finite, so the optimisation diverged: lower learning_rate (now "
+                      f"{config.learning_rate}) or raise weight_decay.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model as an environment
+
+
+def _box_bounds(space, name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{name} must be a 1-D gymnasium Box, got {space!r}; the ensemble models continuous "
+                         "vectors (one-hot encode discrete actions before fitting).")
+    return tuple(map(float, space.low)), tuple(map(float, space.high))
+
+
+class ModelEnv(eqx.Module):
+    """A fitted ensemble stepped like our functional environments, so that agents, `autoreset.step` and the
+    estimators roll out in the model exactly as in the real task.
+
+    The state is the observation (the model knows nothing else). Actions are clipped to the action box before
+    the model sees them (the real environments clip too, and the model never saw actions outside it). The
+    reward is `reward_fn(obs, action, next_obs)` when given (a known reward is exact), otherwise the model's;
+    termination is `termination_fn(next_obs)` when given, otherwise never (right for Pendulum). `reset` draws
+    uniformly from `start_states`, real observations, because the model's start distribution is unknown and
+    rollouts from real states stay where the model was trained (MBPO branches from buffer states).
+
+    The model's arrays are pytree leaves (so a batch of ModelEnvs can be vmapped over seeds), which makes the
+    module unhashable: compile with `eqx.filter_jit(env.step)`, a closure `jax.jit(lambda s, a, k: env.step(s,
+    a, k))`, or by passing the env as an argument to an `eqx.filter_jit` function, not `jax.jit(env.step)`.
+    """
+
+    model: GaussianEnsemble
+    start_states: jax.Array
+    action_low: tuple[float, ...] = eqx.field(static=True)
+    action_high: tuple[float, ...] = eqx.field(static=True)
+    observation_low: tuple[float, ...] = eqx.field(static=True)
+    observation_high: tuple[float, ...] = eqx.field(static=True)
+    reward_fn: Callable | None = eqx.field(static=True)
+    termination_fn: Callable | None = eqx.field(static=True)
+    max_episode_steps: int | None = eqx.field(static=True)
+    deterministic: bool = eqx.field(static=True)
+    clip_actions: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        model: GaussianEnsemble,
+        start_states,
+        action_space: spaces.Box,
+        observation_space: spaces.Box | None = None,
+        reward_fn: Callable | None = None,
+        termination_fn: Callable | None = None,
+        max_episode_steps: int | None = None,
+        deterministic: bool = False,
+        clip_actions: bool = True,
+    ):
+        if reward_fn is None and not model.config.predict_reward:
+            raise ValueError("this ensemble does not predict the reward (predict_reward=False) and no reward_fn "
+                             "was given; pass reward_fn=lambda obs, action, next_obs: ... or fit an ensemble "
+                             "with EnsembleConfig(predict_reward=True).")
+        start_states = jnp.asarray(start_states, model.input_mean.dtype)
+        if start_states.ndim != 2 or start_states.shape[1] != model.obs_dim or start_states.shape[0] < 1:
+            raise ValueError(f"start_states must be real observations of shape [K >= 1, {model.obs_dim}], got "
+                             f"{start_states.shape}.")
+        self.action_low, self.action_high = _box_bounds(action_space, "action_space")
+        if len(self.action_low) != model.action_dim:
+            raise ValueError(f"action_space has {len(self.action_low)} dimensions, the model {model.action_dim}.")
+        if observation_space is None:
+            self.observation_low = (-math.inf,) * model.obs_dim
+            self.observation_high = (math.inf,) * model.obs_dim
+        else:
+            self.observation_low, self.observation_high = _box_bounds(observation_space, "observation_space")
+            if len(self.observation_low) != model.obs_dim:
+                raise ValueError(f"observation_space has {len(self.observation_low)} dimensions, the model "
+                                 f"{model.obs_dim}.")
+        self.model = model
+        self.start_states = start_states
+        self.reward_fn = reward_fn
+        self.termination_fn = termination_fn
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.deterministic = bool(deterministic)
+        self.clip_actions = bool(clip_actions)
+
+    @classmethod
+    def like(cls, env, model: GaussianEnsemble, start_states, reward_fn=None, termination_fn=None,
+             deterministic: bool = False) -> ModelEnv:
+        """A model of `env` with its spaces and episode length."""
+        return cls(model, start_states, env.action_space, getattr(env, "observation_space", None), reward_fn,
+                   termination_fn, getattr(env, "max_episode_steps", None), deterministic)
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        return spaces.Box(np.array(self.observation_low, np.float32), np.array(self.observation_high, np.float32),
+                          dtype=np.float32)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        return spaces.Box(np.array(self.action_low, np.float32), np.array(self.action_high, np.float32),
+                          dtype=np.float32)
+
+    def reset(self, key: jax.Array) -> jax.Array:
+        return self.start_states[jax.random.randint(key, (), 0, self.start_states.shape[0])]
+
+    def step(self, state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        action = jnp.reshape(jnp.asarray(action, state.dtype), (self.model.action_dim,))
+        if self.clip_actions:
+            action = jnp.clip(action, jnp.asarray(self.action_low, state.dtype),
+                              jnp.asarray(self.action_high, state.dtype))
+        next_obs, reward = predict(self.model, state, action, key, self.deterministic)
+        if self.reward_fn is not None:
+            reward = self.reward_fn(state, action, next_obs)
+        return next_obs, jnp.reshape(jnp.asarray(reward, state.dtype), ())
+
+    def observation(self, state: jax.Array) -> jax.Array:
+        return state
+
+    def is_terminal(self, state: jax.Array) -> jax.Array:
+        if self.termination_fn is None:
+            return jnp.zeros(jnp.shape(state)[:-1], bool)
+        return jnp.asarray(self.termination_fn(state), bool)
+
+
+__all__ = [
+    "EnsembleConfig", "GaussianMember", "GaussianEnsemble", "FitReport", "ModelDivergenceError", "ModelEnv",
+    "MBPO_WEIGHT_DECAY", "init_ensemble", "fit", "predict", "predict_all", "bootstrap_indices", "epoch_batches",
+]

@@ -27,7 +27,7 @@ class UnstableGainWarning(RuntimeWarning):
     """The discounted closed loop sqrt(gamma)(A + B K) is unstable: J = -inf."""
 
 
-def _check_params(env, params) -> None:
+def check_params(env, params) -> None:
     shape = np.shape(params)
     if isinstance(env, TabularMDP):
         expected = (env.n_states, env.n_actions)
@@ -61,7 +61,7 @@ def _in_float64(function):
 @_in_float64
 def exact_return(env, params) -> jax.Array:
     """J(theta) = E[sum_t gamma^t r_t] from the start distribution (-inf, with a warning, for an unstable LQR gain)."""
-    _check_params(env, params)
+    check_params(env, params)
     if isinstance(env, TabularMDP):
         return evaluate_tabular(env, jax.nn.softmax(params, -1)).expected_return
     evaluation = evaluate_lqr(env, params)
@@ -72,7 +72,7 @@ def exact_return(env, params) -> jax.Array:
 @_in_float64
 def exact_gradient(env, params, kind: str = "mfg", model=None) -> jax.Array:
     """The population gradient of type `kind` ("mfg", "fmg" or "mvg"), same shape as params."""
-    _check_params(env, params)
+    check_params(env, params)
     if kind not in KINDS:
         raise ValueError(f"unknown gradient kind {kind!r}; choose one of {', '.join(KINDS)}.")
     if kind != "mfg":
@@ -80,7 +80,7 @@ def exact_gradient(env, params, kind: str = "mfg", model=None) -> jax.Array:
             raise ValueError(f"kind={kind!r} needs model=... (the learned dynamics p_hat).")
         if type(model) is not type(env):
             raise ValueError(f"model must be a {type(env).__name__} like env; got {type(model).__name__}.")
-        _check_params(model, params)
+        check_params(model, params)
     d_env = model if kind == "fmg" else env
     q_env = env if kind == "mfg" else model
     if isinstance(env, TabularMDP):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpg.gradients import EstimatorOptions, check_estimator_inputs, draw_gradient, get_estimator
-from mbpg.lab.exact import _check_params
+from mbpg.lab.exact import check_params
 from mbpg.policies import policy_for
 from mbpg.values import effective_horizon
 
@@ -85,7 +85,7 @@ def sample_gradients(
 
 
 def validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options) -> SamplerSpec:
-    _check_params(env, params)
+    check_params(env, params)
     check_estimator_inputs(get_estimator(estimator), env, model)
     horizon = effective_horizon(env.gamma) if horizon is None else horizon
     for name, value in (("n_trajectories", n_trajectories), ("horizon", horizon), ("n_estimates", n_estimates)):

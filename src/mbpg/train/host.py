@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpg.algos.on_policy import Rollout
+from mbpg.algos.on_policy import Rollout, finished_episode_return
 from mbpg.envs.gym_adapter import GymnasiumEnv
 
 
@@ -70,10 +70,7 @@ class HostDriver:
         rollout = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *steps)
         key, key_learn = jax.random.split(state.key)
         state, metrics = self._learn(state, rollout, key_learn)
-        done = np.asarray(rollout.terminated | rollout.truncated)
-        metrics = dict(metrics)
-        metrics["train_episode_return"] = (np.asarray(rollout.episode_return).sum() / done.sum()) if done.any() \
-            else np.nan
+        metrics = {**metrics, "train_episode_return": finished_episode_return(rollout)}
         return eqx.tree_at(lambda s: s.key, state, key), metrics
 
     def _sac_chunk(self, state):

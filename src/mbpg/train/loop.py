@@ -56,6 +56,18 @@ def stack_states(states: list):
     return eqx.combine(stacked, eqx.filter(states[0], eqx.is_array, inverse=True))
 
 
+def first_seed(tree):
+    """The first seed's slice of a stacked state (array leaves indexed, the rest kept)."""
+    return eqx.combine(jax.tree.map(lambda x: x[0], eqx.filter(tree, eqx.is_array)),
+                       eqx.filter(tree, eqx.is_array, inverse=True))
+
+
+def with_seed_axis(tree):
+    """The inverse of `first_seed` for one seed: a leading axis of size 1 on every array leaf."""
+    return eqx.combine(jax.tree.map(lambda x: jnp.asarray(x)[None], eqx.filter(tree, eqx.is_array)),
+                       eqx.filter(tree, eqx.is_array, inverse=True))
+
+
 def over_seeds(function, n_seeds: int):
     """vmap over the leading seed axis; with one seed, squeeze the axis and call the function directly.
 
@@ -66,11 +78,7 @@ def over_seeds(function, n_seeds: int):
         return eqx.filter_vmap(function)
 
     def single(*args):
-        squeezed = [eqx.combine(jax.tree.map(lambda x: x[0], eqx.filter(a, eqx.is_array)),
-                                eqx.filter(a, eqx.is_array, inverse=True)) for a in args]
-        out = function(*squeezed)
-        return eqx.combine(jax.tree.map(lambda x: x[None], eqx.filter(out, eqx.is_array)),
-                           eqx.filter(out, eqx.is_array, inverse=True))
+        return with_seed_axis(function(*(first_seed(a) for a in args)))
 
     return single
 
@@ -106,18 +114,13 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
             raise ValueError("host-side Gymnasium envs train one seed per process; pass --seeds 1 (or use a JAX "
                              "port, whose seeds run as one vmapped program).")
         driver = HostDriver(agent, env, settings.seed)
-        one_seed = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
-        with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)  # noqa: E731
 
         def chunk_fn(state):
-            new_state, metrics = driver.chunk(eqx.combine(one_seed(eqx.filter(state, eqx.is_array)),
-                                                          eqx.filter(state, eqx.is_array, inverse=True)))
-            return stack_states([new_state]), with_seed_axis(metrics)
+            new_state, metrics = driver.chunk(first_seed(state))
+            return with_seed_axis(new_state), {k: np.asarray(v)[None] for k, v in metrics.items()}
 
         def eval_fn(state, chunk):
-            single = eqx.combine(one_seed(eqx.filter(state, eqx.is_array)), eqx.filter(state, eqx.is_array,
-                                                                                       inverse=True))
-            return driver.evaluate(single, settings.eval_episodes, chunk)[None]
+            return driver.evaluate(first_seed(state), settings.eval_episodes, chunk)[None]
     else:
         chunk_fn = eqx.filter_jit(over_seeds(agent.train_chunk, settings.n_seeds))
         limit = episode_limit(env)

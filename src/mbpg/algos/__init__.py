@@ -34,6 +34,30 @@ def get_algorithm(name: str):
     return registry[name]
 
 
+# Options that may be 0 or must lie in [0, 1]; every other int must be >= 1 and every float > 0.
+MAY_BE_ZERO = {"learning_starts", "entropy_coef", "gae_lambda", "damping"}
+UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "backtrack_ratio"}
+
+
+def check_config(config) -> None:
+    """Reject nonsense numbers before any compilation, naming the option."""
+    import dataclasses
+    import math
+
+    for field in dataclasses.fields(config):
+        value, option = getattr(config, field.name), "--" + field.name.replace("_", "-")
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            low_ok = v >= 0 if field.name in MAY_BE_ZERO else v > 0
+            if not (math.isfinite(v) and low_ok) or (field.name in UNIT_INTERVAL and v > 1):
+                bound = "in [0, 1]" if field.name in UNIT_INTERVAL else (
+                    ">= 0" if field.name in MAY_BE_ZERO else "> 0")
+                raise ValueError(f"{option} must be finite and {bound}; got {value}.")
+
+
 def make_agent(name: str, config, env):
     _, agent_class, _ = get_algorithm(name)
+    check_config(config)
     return agent_class(config, env)

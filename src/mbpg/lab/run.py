@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import shlex
 import sys
 import time
@@ -53,15 +54,28 @@ class LabConfig:
 
     def resolved(self) -> dict:
         scenario = get_scenario(self.scenario)
+
+        def chosen(value, default):
+            return default if value is None else value
+
         grid = dict(
-            estimators=self.estimators or scenario.estimators,
-            error_kind=self.error_kind or scenario.error_kind,
-            model_errors=self.model_errors or scenario.model_errors,
-            sample_sizes=self.sample_sizes or scenario.sample_sizes,
-            n_estimates=self.n_estimates or scenario.n_estimates,
+            estimators=chosen(self.estimators, scenario.estimators),
+            error_kind=chosen(self.error_kind, scenario.error_kind),
+            model_errors=chosen(self.model_errors, scenario.model_errors),
+            sample_sizes=chosen(self.sample_sizes, scenario.sample_sizes),
+            n_estimates=chosen(self.n_estimates, scenario.n_estimates),
         )
         for name in grid["estimators"]:
             get_estimator(name)
+        for name in ("estimators", "model_errors", "sample_sizes"):
+            if not grid[name]:
+                raise ValueError(f"--{name.replace('_', '-')} needs at least one value.")
+        for name, values in (("sample-sizes", grid["sample_sizes"]), ("n-estimates", [grid["n_estimates"]]),
+                             ("horizon", [self.horizon or 1]), ("n-rollouts", [self.n_rollouts])):
+            if any(v < 1 for v in values):
+                raise ValueError(f"--{name} must be positive; got {list(values)}.")
+        if not all(math.isfinite(e) and e >= 0 for e in grid["model_errors"]):
+            raise ValueError(f"--model-errors must be finite and >= 0; got {list(grid['model_errors'])}.")
         return dict(scenario=scenario.name, description=scenario.description, **grid, horizon=self.horizon,
                     baseline=self.baseline, n_rollouts=self.n_rollouts, seed=self.seed)
 

@@ -56,6 +56,9 @@ def run_training(algo: str, parsed, console: Console | None = None) -> Path:
     from mbpg.envs import make
 
     console = console or Console()
+    for option in ("steps", "seeds", "eval_every", "eval_episodes", "checkpoint_every"):
+        if getattr(parsed, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be a positive integer; got {getattr(parsed, option)}.")
     env = make(parsed.env)
     out = parsed.out or Path("runs") / f"{algo}-{parsed.env}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if parsed.resume:

@@ -15,7 +15,7 @@ import numpy as np
 from mbpg.envs import LQR, TabularMDP
 from mbpg.gradients import EstimatorOptions, get_estimator
 from mbpg.lab.exact import exact_gradient
-from mbpg.lab.sampling import SamplerSpec, compile_sampler, validate_request
+from mbpg.lab.sampling import compile_sampler, validate_request
 from mbpg.models import (
     learned_linear_model,
     learned_model,

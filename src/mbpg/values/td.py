@@ -6,18 +6,17 @@ environment visited, so the critic approximates Q^{pi, p_hat} where the actor wi
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from mbpg.distributions import categorical
 from mbpg.envs import TabularMDP
+from mbpg.values.returns import effective_horizon
 
 
 def default_td_iterations(gamma: float, step_size: float, tolerance: float = 1e-3) -> int:
     """Enough sweeps for the initial error to shrink below `tolerance` (contraction 1 - step_size (1 - gamma))."""
-    return max(1, math.ceil(math.log(tolerance) / math.log(1.0 - step_size * (1.0 - gamma))))
+    return effective_horizon(1.0 - step_size * (1.0 - gamma), tolerance)
 
 
 def td_critic_on_model(

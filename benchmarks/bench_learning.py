@@ -25,6 +25,9 @@ CASES = [
     ("ppo", "ppo", "CartPole-v1", 100_000, 475.0, 5, "SB3 zoo PPO: 500 at 100k"),
     ("trpo", "trpo", "CartPole-v1", 100_000, 475.0, 5, "SB3 zoo TRPO: 500 at 100k"),
     ("reinforce", "reinforce", "CartPole-v1", 300_000, 400.0, 5, "issue target: >= 400 by 300k"),
+    # POIS counts N x 500 steps per iteration (an upper bound on the real steps; metrics.csv has real_env_steps).
+    ("apois", "apois", "CartPole-v1", 2_000_000, 475.0, 5, "issue target: >= 475, linear policy"),
+    ("ppois", "ppois", "CartPole-v1", 1_000_000, 475.0, 5, "issue target: >= 475, linear policy"),
 ]
 
 

@@ -14,6 +14,8 @@ TINY = {
     "trpo": ["--env", "Pendulum-v1", "--steps", "128", "--n-envs", "2", "--n-steps", "32", "--value-minibatches", "2"],
     "sac": ["--env", "Pendulum-v1", "--steps", "100", "--chunk-steps", "50", "--learning-starts", "20",
             "--batch-size", "16", "--hidden", "16", "16", "--buffer-size", "1000"],
+    "apois": ["--env", "CartPole-v1", "--steps", "1000", "--n-episodes", "2", "--offline-iterations", "2"],
+    "ppois": ["--env", "CartPole-v1", "--steps", "1000", "--n-episodes", "2", "--offline-iterations", "2"],
 }
 
 

@@ -9,6 +9,7 @@ import difflib
 
 
 def _registry():
+    from mbpg.algos.pois import APOIS, PPOIS, APOISConfig, POISConfig
     from mbpg.algos.ppo import PPO, PPOConfig
     from mbpg.algos.reinforce import Reinforce, ReinforceConfig
     from mbpg.algos.sac import SAC, SACConfig
@@ -19,10 +20,12 @@ def _registry():
         "ppo": (PPOConfig, PPO, "MFG"),
         "trpo": (TRPOConfig, TRPO, "MFG"),
         "sac": (SACConfig, SAC, "MFG"),
+        "apois": (APOISConfig, APOIS, "MFG"),
+        "ppois": (POISConfig, PPOIS, "MFG"),
     }
 
 
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac")
+ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois")
 
 
 def get_algorithm(name: str):
@@ -35,8 +38,9 @@ def get_algorithm(name: str):
 
 
 # Options that may be 0 or must lie in [0, 1]; every other int must be >= 1 and every float > 0.
-MAY_BE_ZERO = {"learning_starts", "entropy_coef", "gae_lambda", "damping"}
-UNIT_INTERVAL = {"gamma", "gae_lambda", "tau", "backtrack_ratio"}
+MAY_BE_ZERO = {"learning_starts", "entropy_coef", "gae_lambda", "damping",
+               "real_ratio", "k_first_epoch", "model_weight_decay"}
+UNIT_INTERVAL = {"real_ratio", "gamma", "gae_lambda", "tau", "backtrack_ratio", "delta"}
 
 
 def check_config(config) -> None:

@@ -54,3 +54,45 @@ def rollout_return(env, policy, params, state, action, key: jax.Array, horizon: 
     carry0 = (state, first_reward, jnp.asarray(env.gamma, first_reward.dtype))
     (_, total, _), _ = jax.lax.scan(step, carry0, jax.random.split(key_rest, horizon - 1))
     return total
+
+
+class Episodes(NamedTuple):
+    """Whole episodes of a terminating environment, arrays [N, H, ...]; `alive[t]` is False for the padding steps
+    after an episode terminated (their entries are not part of the episode)."""
+
+    obs: jax.Array
+    actions: jax.Array
+    rewards: jax.Array
+    alive: jax.Array
+
+
+def collect_episodes(env, act, params, key: jax.Array, n_episodes: int, horizon: int,
+                     params_axis: int | None = None) -> Episodes:
+    """`n_episodes` episodes of at most `horizon` steps under `act(params, obs, key) -> (policy_output, env_action)`.
+
+    The policy output (what a likelihood is computed of, e.g. a Gaussian sample before clipping) is stored as the
+    action; the environment receives `env_action`. With `params_axis=0`, `params` holds one parameter set per
+    episode (parameter-based exploration, P-POIS). Episodes run in lock-step for `horizon` steps and are masked
+    after termination (the terminal state is repeated), so the batch has a static shape.
+    """
+    from mbpg.envs.autoreset import is_terminal, observe
+
+    def episode(params, key):
+        key_reset, key_steps = jax.random.split(key)
+
+        def step(carry, key):
+            state, alive = carry
+            key_act, key_env = jax.random.split(key)
+            obs = observe(env, state)
+            output, env_action = act(params, obs, key_act)
+            next_state, reward = env.step(state, env_action, key_env)
+            # After termination the state is held, not stepped on: padding must stay finite (a cart-pole left
+            # falling for hundreds of steps overflows, and 0 * inf poisons masked sums and their gradients).
+            next_state = jax.tree.map(lambda new, old: jnp.where(alive, new, old), next_state, state)
+            return (next_state, alive & ~is_terminal(env, next_state)), Episodes(obs, output, reward, alive)
+
+        start = (env.reset(key_reset), jnp.ones((), bool))
+        return jax.lax.scan(step, start, jax.random.split(key_steps, horizon))[1]
+
+    keys = jax.random.split(key, n_episodes)
+    return jax.vmap(episode, in_axes=(params_axis, 0))(params, keys)

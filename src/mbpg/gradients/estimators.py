@@ -55,6 +55,9 @@ ESTIMATORS: dict[str, Estimator] = {
                   "transitions from real states (MBPO k=1)", envs=(TabularMDP,)),
         Estimator("svg", "real", "model-backprop", "pathwise", "value gradient through the model along real "
                   "trajectories with inferred noise (SVG(inf))", envs=(LQR,)),
+        Estimator("uim", "real", "model-backprop", "pathwise", "UIM: return gradient through the model plus a "
+                  "time-indexed bias that reproduces each real trajectory (on a linear-Gaussian model the bias is "
+                  "SVG's inferred noise, so the draw is svg's)", envs=(LQR,)),
     )
 }
 

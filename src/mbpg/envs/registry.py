@@ -12,12 +12,14 @@ import gymnasium
 
 from mbpg.envs.classic_control import CartPole, CartPoleSwingUp, MountainCarContinuous, Pendulum
 from mbpg.envs.gym_adapter import GymnasiumEnv
+from mbpg.envs.minigolf import Minigolf
 
 JAX_PORTS = {
     "Pendulum-v1": Pendulum,
     "CartPole-v1": CartPole,
     "MountainCarContinuous-v0": MountainCarContinuous,
     "CartPoleSwingUp-v0": CartPoleSwingUp,
+    "Minigolf-v0": Minigolf,
 }
 BACKENDS = ("jax", "gymnasium")
 

@@ -1,0 +1,107 @@
+"""The 1-D minigolf task as a functional JAX environment (GAMPS's second test bed).
+
+Sources: the minigolf of Tirinzoni, Salvini & Restelli, "Transfer of samples in policy search via multiple
+importance sampling" (ICML 2019), used again by D'Oro et al., "Gradient-Aware Model-based Policy Search"
+(AAAI 2020); physics from Penner, "The physics of putting" (Canadian Journal of Physics, 2002). The constants
+(putter length 1, friction 0.131, hole size 0.10, ball radius 0.02135, noise std 0.3, positions [0, 20],
+actions [1e-5, 10], horizon 20, gamma 0.99) were read from public reference code of that group, not from the
+papers' text. The position-dependent friction (`friction_far`) follows the same code's "complex" variant
+(friction growing linearly with distance; our recollection is that GAMPS used such a green so that a simple
+model class is misspecified: check against the paper before quoting it).
+
+Dynamics. The state is the distance x to the hole. The action a is the putter's speed; the ball leaves with
+u = clip(a, a_min, a_max) * putter_length * (1 + eps), eps ~ N(0, noise_std^2), and rolls with constant
+deceleration d = (5/7) * friction(x) * g (a rolling ball, friction taken at the start of the putt).
+- u < v_min = sqrt(2 d x): the ball stops short at x - u^2 / (2 d); reward -1; the episode goes on.
+- u > v_max = sqrt((2 h - r)^2 g / (2 r) + v_min^2): too fast to drop, it overshoots; reward -100; the episode
+  ends.
+- otherwise the ball drops into the hole: reward 0; the episode ends.
+A putt that stops short always makes progress, so an episode ends in at most a few putts with a good policy; the
+time limit (`max_episode_steps`) is applied by the caller.
+
+State layout: [x, ended] (ended = 1 after holing or overshooting); the observation is [x].
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnasium import spaces
+
+GRAVITY = 9.81
+
+
+class Minigolf(eqx.Module):
+    """Minigolf-v0: putt a ball into a hole at distance x in [0, 20] with as few strokes as possible."""
+
+    putter_length: float = eqx.field(static=True, default=1.0)
+    friction: float = eqx.field(static=True, default=0.131)
+    friction_far: float | None = eqx.field(static=True, default=None)
+    hole_size: float = eqx.field(static=True, default=0.10)
+    ball_radius: float = eqx.field(static=True, default=0.02135)
+    noise_std: float = eqx.field(static=True, default=0.3)
+    min_position: float = eqx.field(static=True, default=0.0)
+    max_position: float = eqx.field(static=True, default=20.0)
+    min_action: float = eqx.field(static=True, default=1e-5)
+    max_action: float = eqx.field(static=True, default=10.0)
+    max_episode_steps: int | None = eqx.field(static=True, default=20)
+
+    def __check_init__(self):
+        for name in ("putter_length", "friction", "hole_size", "ball_radius", "max_action"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if self.friction_far is not None and not self.friction_far > 0:
+            raise ValueError(f"friction_far must be > 0 (or None for a uniform green); got {self.friction_far}.")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0; got {self.noise_std}.")
+        if not 0 <= self.min_position < self.max_position:
+            raise ValueError(f"need 0 <= min_position < max_position; got {self.min_position}, {self.max_position}.")
+        if not 0 < self.min_action < self.max_action:
+            raise ValueError(f"need 0 < min_action < max_action; got {self.min_action}, {self.max_action}.")
+        if not 2 * self.hole_size > self.ball_radius:
+            raise ValueError("hole_size must exceed half the ball radius, or no putt can drop.")
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        return spaces.Box(np.float32(0.0), np.float32(self.max_position), shape=(1,), dtype=np.float32)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        return spaces.Box(np.float32(self.min_action), np.float32(self.max_action), shape=(1,), dtype=np.float32)
+
+    def friction_at(self, position: jax.Array) -> jax.Array:
+        """Friction of the green at distance `position` (uniform, or linear from `friction` to `friction_far`)."""
+        if self.friction_far is None:
+            return jnp.full_like(position, self.friction)
+        span = self.max_position - self.min_position
+        return self.friction + (self.friction_far - self.friction) * (position - self.min_position) / span
+
+    def reset(self, key: jax.Array) -> jax.Array:
+        dtype = jnp.result_type(float)
+        x = jax.random.uniform(key, (), dtype, self.min_position, self.max_position)
+        return jnp.stack([x, jnp.zeros((), dtype)])
+
+    def step(self, state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x, ended = state[0], state[1]
+        a = jnp.clip(jnp.reshape(action, (-1,))[0].astype(state.dtype), self.min_action, self.max_action)
+        speed = a * self.putter_length * (1.0 + self.noise_std * jax.random.normal(key, (), state.dtype))
+        speed = jnp.maximum(speed, 0.0)
+        deceleration = 5.0 / 7.0 * self.friction_at(x) * GRAVITY
+        v_min = jnp.sqrt(2.0 * deceleration * x)
+        v_max = jnp.sqrt((2 * self.hole_size - self.ball_radius) ** 2 * GRAVITY / (2 * self.ball_radius) + v_min**2)
+        short = speed < v_min
+        overshoot = speed > v_max
+        new_x = jnp.where(short, x - speed**2 / (2.0 * deceleration), 0.0)
+        reward = jnp.where(short, -1.0, jnp.where(overshoot, -100.0, 0.0)).astype(state.dtype)
+        # After the episode ended the state is absorbing and pays nothing (callers normally stop stepping).
+        done = ended > 0.5
+        next_state = jnp.where(done, state, jnp.stack([new_x, jnp.where(short, 0.0, 1.0).astype(state.dtype)]))
+        return next_state, jnp.where(done, 0.0, reward)
+
+    def observation(self, state: jax.Array) -> jax.Array:
+        return state[..., :1]
+
+    def is_terminal(self, state: jax.Array) -> jax.Array:
+        return state[..., 1] > 0.5

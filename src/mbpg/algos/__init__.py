@@ -13,6 +13,7 @@ def _registry():
     from mbpg.algos.ppo import PPO, PPOConfig
     from mbpg.algos.reinforce import Reinforce, ReinforceConfig
     from mbpg.algos.sac import SAC, SACConfig
+    from mbpg.algos.svg import SVG0, SVG1, SVG0Config, SVG1Config, SVGInf, SVGInfConfig
     from mbpg.algos.trpo import TRPO, TRPOConfig
 
     return {
@@ -20,12 +21,15 @@ def _registry():
         "ppo": (PPOConfig, PPO, "MFG"),
         "trpo": (TRPOConfig, TRPO, "MFG"),
         "sac": (SACConfig, SAC, "MFG"),
+        "svg0": (SVG0Config, SVG0, "MFG"),
+        "svg1": (SVG1Config, SVG1, "MVG"),
+        "svginf": (SVGInfConfig, SVGInf, "MVG"),
         "apois": (APOISConfig, APOIS, "MFG"),
         "ppois": (POISConfig, PPOIS, "MFG"),
     }
 
 
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois")
+ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf")
 
 
 def get_algorithm(name: str):

@@ -49,7 +49,8 @@ def test_plot_draws_learning_curves_across_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "ppx"], "unknown algorithm 'ppx'; choose one of reinforce, ppo, trpo, sac. Did you mean ppo"),
+    (["train", "ppx"], "unknown algorithm 'ppx'; choose one of reinforce, ppo, trpo, sac, "),
+    (["train", "ppx"], "Did you mean ppo"),
     (["train", "ppo", "--env", "CartPol-v1"], "CartPole-v1"),
     (["train", "sac", "--env", "CartPole-v1"], "SAC here is for continuous actions"),
     (["train", "ppo", "--steps", "10"], "below one training chunk"),
@@ -91,3 +92,23 @@ def test_host_side_gymnasium_env_trains_with_the_same_agents(algo, options, tmp_
 def test_host_side_envs_refuse_vmapped_seeds(capsys):
     assert main(["train", "ppo", "--env", "InvertedPendulum-v5", "--seeds", "2", "--out", "/tmp/unused"]) == 2
     assert "one seed per process" in capsys.readouterr().err
+
+
+def test_compare_trains_groups_by_gradient_type_and_reuses_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algos", "ppo,apois", "--env", "CartPole-v1", "--steps", "1000", "--seeds", "2",
+            "--eval-episodes", "1", "--budgets", "500", "1000", "--out", str(out),
+            "--algo-options", "ppo=" + " ".join(TINY["ppo"][4:]), "apois=" + " ".join(TINY["apois"][4:])]
+    assert main(args) == 0
+    with open(out / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["algo"], r["gradient_type"], r["budget"]) for r in rows] == [
+        ("ppo", "MFG", "500"), ("ppo", "MFG", "1000"), ("apois", "MFG", "500"), ("apois", "MFG", "1000")]
+    assert all(len(r["per_seed"].split()) == 2 for r in rows if r["budget"] == "1000")
+    assert (out / "compare.png").stat().st_size > 0
+    before = (out / "ppo" / "metrics.csv").read_text()
+    assert main(args) == 0 and "already reached" in capsys.readouterr().out  # finished runs are reused, not redone
+    assert (out / "ppo" / "metrics.csv").read_text() == before
+    assert main(["compare", "--algos", "ppo,sacc", "--out", str(out)]) == 2
+    assert "did you mean sac" in capsys.readouterr().err.lower()
+    assert main(["compare", "--algos", "ppo", "--algo-options", "sac=--batch-size 4", "--out", str(out)]) == 2

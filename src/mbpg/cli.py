@@ -1,7 +1,8 @@
 """The `mbpg` command line. Options come from dataclasses parsed by tyro, so every option has its help text.
 
     mbpg lab [SCENARIO] [OPTIONS]        exact-gradient lab
-    mbpg train ALGO [OPTIONS]            train an agent (ALGO: reinforce, ppo, trpo, sac)
+    mbpg train ALGO [OPTIONS]            train an agent (mbpg train --help lists the algorithms)
+    mbpg compare --algos A,B,C [OPTIONS] train several algorithms, curves grouped by gradient type
     mbpg plot RUN_DIR... [OPTIONS]       learning curves across runs and seeds
 """
 
@@ -45,7 +46,13 @@ def _plot(rest: list[str]) -> None:
     print(f"wrote {plot(tyro.cli(PlotArgs, args=rest, prog='mbpg plot'))}")
 
 
-COMMANDS = {"lab": _lab, "train": _train, "plot": _plot}
+def _compare(rest: list[str]) -> None:
+    from mbpg.train.compare import CompareArgs, run_compare
+
+    run_compare(tyro.cli(CompareArgs, args=rest, prog="mbpg compare"))
+
+
+COMMANDS = {"lab": _lab, "train": _train, "compare": _compare, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,17 @@ def plot(args: PlotArgs) -> Path:
 
     rng = np.random.default_rng(args.seed)
     figure, axis = plt.subplots(figsize=(6.5, 4))
-    for label, (steps, values) in load_curves(args.runs, args.metric).items():
+    draw_curves(axis, load_curves(args.runs, args.metric), args, rng)
+    figure.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=120)
+    plt.close(figure)
+    return args.out
+
+
+def draw_curves(axis, curves: dict, args: PlotArgs, rng: np.random.Generator) -> None:
+    """IQM lines with bootstrap bands for `load_curves` output on one matplotlib axis."""
+    for label, (steps, values) in curves.items():
         centre, low, high = bootstrap_band(values, args.bootstrap, args.confidence, rng)
         line, = axis.plot(steps, centre, label=f"{label} ({values.shape[0]} seeds)")
         axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
@@ -90,8 +100,3 @@ def plot(args: PlotArgs) -> Path:
     axis.set_ylabel(f"{args.metric} (IQM, {int(args.confidence * 100)}% bootstrap CI)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=120)
-    plt.close(figure)
-    return args.out

@@ -3,7 +3,8 @@
     mbpg lab [SCENARIO] [OPTIONS]        exact-gradient lab
     mbpg train ALGO [OPTIONS]            train an agent (mbpg train --help lists the algorithms)
     mbpg compare --algos A,B,C [OPTIONS] train several algorithms, curves grouped by gradient type
-    mbpg plot RUN_DIR... [OPTIONS]       learning curves across runs and seeds
+    mbpg sweep SPEC [--ray ADDRESS]      algorithms x envs x seeds x option grids, in-process or on Ray
+    mbpg plot RUN_DIR... [OPTIONS]       learning curves across runs (or sweeps) and seeds
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ def _compare(rest: list[str]) -> None:
     run_compare(tyro.cli(CompareArgs, args=rest, prog="mbpg compare"))
 
 
-COMMANDS = {"lab": _lab, "train": _train, "compare": _compare, "plot": _plot}
+def _sweep(rest: list[str]) -> None:
+    from mbpg.train.sweep import SweepArgs, run_sweep
+
+    if rest and not rest[0].startswith("-"):
+        rest = ["--spec", *rest]
+    run_sweep(tyro.cli(SweepArgs, args=rest, prog="mbpg sweep"))
+
+
+COMMANDS = {"lab": _lab, "train": _train, "compare": _compare, "sweep": _sweep, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

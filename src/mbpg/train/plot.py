@@ -20,7 +20,8 @@ from scipy.stats import trim_mean
 @dataclasses.dataclass
 class PlotArgs:
     runs: tuple[Path, ...]
-    """Run directories (each with metrics.csv and config.json); runs with the same algorithm and env pool seeds."""
+    """Run directories (each with metrics.csv and config.json) or sweep directories (their finished trials); runs
+    with the same algorithm and env (and, in a sweep, the same options) pool seeds."""
     metric: str = "eval_return"
     """Column of metrics.csv to plot."""
     out: Path = Path("learning_curves.png")
@@ -46,16 +47,32 @@ def bootstrap_band(values: np.ndarray, resamples: int, confidence: float, rng: n
     return interquartile_mean(values, axis=0), np.quantile(stats, tail, axis=0), np.quantile(stats, 1 - tail, axis=0)
 
 
+def expand_runs(runs) -> tuple[list[Path], dict[str, str]]:
+    """Run directories, with each sweep directory (one holding a sweep's results.csv) replaced by its finished
+    trials; and the plot label of each sweep trial."""
+    from mbpg.train.sweep import RESULTS, sweep_run_dirs
+
+    expanded, labels = [], {}
+    for run in map(Path, runs):
+        if (run / RESULTS).exists() and not (run / "metrics.csv").exists():
+            trial_runs, trial_labels = sweep_run_dirs(run)
+            expanded += trial_runs
+            labels.update(trial_labels)
+        else:
+            expanded.append(run)
+    return expanded, labels
+
+
 def load_curves(runs, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """label -> (steps, values [seeds, steps]) on the steps every seed of that label logged."""
     per_label: dict[str, dict[tuple, dict[int, float]]] = defaultdict(dict)
+    runs, sweep_labels = expand_runs(runs)
     for run in runs:
-        run = Path(run)
         metrics, config = run / "metrics.csv", run / "config.json"
         if not metrics.exists() or not config.exists():
             raise ValueError(f"{run} is not a run directory (needs metrics.csv and config.json).")
         settings = json.loads(config.read_text())
-        label = f"{settings.get('algo', run.name)} on {settings.get('env', '?')}"
+        label = sweep_labels.get(str(run)) or f"{settings.get('algo', run.name)} on {settings.get('env', '?')}"
         with open(metrics, newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows and metric not in rows[0]:

@@ -9,6 +9,7 @@ import difflib
 
 
 def _registry():
+    from mbpg.algos.mbpo import MBPO, MBPOConfig
     from mbpg.algos.pois import APOIS, PPOIS, APOISConfig, POISConfig
     from mbpg.algos.ppo import PPO, PPOConfig
     from mbpg.algos.reinforce import Reinforce, ReinforceConfig
@@ -21,6 +22,7 @@ def _registry():
         "ppo": (PPOConfig, PPO, "MFG"),
         "trpo": (TRPOConfig, TRPO, "MFG"),
         "sac": (SACConfig, SAC, "MFG"),
+        "mbpo": (MBPOConfig, MBPO, "MVG"),
         "svg0": (SVG0Config, SVG0, "MFG"),
         "svg1": (SVG1Config, SVG1, "MVG"),
         "svginf": (SVGInfConfig, SVGInf, "MVG"),
@@ -29,7 +31,7 @@ def _registry():
     }
 
 
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf")
+ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo")
 
 
 def get_algorithm(name: str):

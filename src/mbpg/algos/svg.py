@@ -53,7 +53,7 @@ from mbpg.algos.spaces import env_spec
 from mbpg.envs import autoreset
 from mbpg.envs.classic_control import Pendulum
 from mbpg.gradients.noise import infer_noise, resimulate
-from mbpg.models.ensemble import EnsembleConfig, GaussianEnsemble, _member_loss, init_ensemble
+from mbpg.models.ensemble import EnsembleConfig, GaussianEnsemble, member_loss, init_ensemble
 from mbpg.policies.mlp import TanhGaussianMLPPolicy
 from mbpg.values import TwinQNetwork, ValueNetwork, soft_update
 
@@ -202,7 +202,7 @@ class OnlineModel:
         decays = self.config.layer_weight_decay()
 
         def loss(members):
-            total, nll = jax.vmap(lambda m, xm, ym: _member_loss(m, xm, ym, decays,
+            total, nll = jax.vmap(lambda m, xm, ym: member_loss(m, xm, ym, decays,
                                                                  self.config.log_var_bound_penalty))(members, x, y)
             return jnp.sum(total), jnp.mean(nll)
 

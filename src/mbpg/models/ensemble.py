@@ -256,6 +256,42 @@ def predict(model: GaussianEnsemble, obs, action, key: jax.Array, deterministic:
     return next_obs, reward
 
 
+def predict_batch(model: GaussianEnsemble, obs, actions, key: jax.Array, deterministic: bool = False):
+    """One model step for a BATCH (obs [N, obs_dim], actions [N, action_dim]): `(next_obs [N, obs_dim], reward
+    [N])`, reward None without reward prediction.
+
+    Each sample goes to a uniformly random elite, as in `predict`, but the batch is split evenly (a random
+    permutation cut into n_elites groups, mbrl-lib's "random_model" propagation) so that each elite evaluates
+    only its share: n_elites times cheaper than vmapping `predict`, which matters for MBPO's 100k-sample
+    branched rollouts. The assignment is balanced rather than independent; every sample's elite is still
+    uniform over the elites.
+    """
+    obs = jnp.asarray(obs, model.input_mean.dtype)
+    actions = jnp.asarray(actions, obs.dtype)
+    if obs.ndim != 2 or obs.shape[1] != model.obs_dim or actions.shape != (obs.shape[0], model.action_dim):
+        raise ValueError(f"predict_batch takes obs [N, {model.obs_dim}] and actions [N, {model.action_dim}], got "
+                         f"{obs.shape} and {actions.shape}; use `predict` for one transition.")
+    n, n_elites = obs.shape[0], model.elites.shape[0]
+    group = -(-n // n_elites)
+    key_perm, key_noise = jax.random.split(key)
+    perm = jax.random.permutation(key_perm, n)
+    padded = perm[jnp.arange(n_elites * group) % n]  # wraps around: the padding rows are computed and dropped
+    x = (jnp.concatenate([obs, actions], 1) - model.input_mean) / model.input_std
+    elites = jax.tree.map(lambda p: p[model.elites], model.members)
+    mean, log_var = jax.vmap(lambda m, xs: jax.vmap(m)(xs))(elites, x[padded].reshape(n_elites, group, -1))
+    # Sample i sits at position inverse[i] < n of `padded` (its first occurrence): a gather, never a scatter
+    # with the duplicate indices of the padding.
+    inverse = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))
+    mean = mean.reshape(n_elites * group, -1)[inverse]
+    log_var = log_var.reshape(n_elites * group, -1)[inverse]
+    if not deterministic:
+        mean = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key_noise, mean.shape, mean.dtype)
+    target = mean * model.target_std + model.target_mean
+    next_obs = obs + target[:, : model.obs_dim]
+    reward = target[:, model.obs_dim] if model.config.predict_reward else None
+    return next_obs, reward
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Fitting
 
@@ -324,7 +360,7 @@ def epoch_batches(key: jax.Array, bootstrap: jax.Array, batch_size: int) -> jax.
     return order[:, positions].reshape(n_members, n_batches, batch).transpose(1, 0, 2)
 
 
-def _member_loss(member: GaussianMember, x, y, decays, bound_penalty):
+def member_loss(member: GaussianMember, x, y, decays, bound_penalty):
     mean, log_var = jax.vmap(member)(x)
     nll = 0.5 * jnp.mean((mean - y) ** 2 * jnp.exp(-log_var) + log_var) + 0.5 * _LOG_2PI
     decay = sum(d * 0.5 * jnp.sum(layer.weight**2) for d, layer in zip(decays, member.net.layers) if d)
@@ -332,14 +368,20 @@ def _member_loss(member: GaussianMember, x, y, decays, bound_penalty):
     return nll + decay + bounds, nll
 
 
-def _member_errors(members: GaussianMember, x, y):
-    """[n_members] MSE of the mean and NLL on (x, y), normalised units."""
+def _member_errors(members: GaussianMember, x, y, weights=None):
+    """[n_members] MSE of the mean and NLL on (x, y), normalised units; `weights` [rows] (0/1) masks rows out
+    (the fixed-shape holdout of `fit_buffer`)."""
+    weights = jnp.ones(x.shape[0], x.dtype) if weights is None else weights
+    total = jnp.maximum(jnp.sum(weights), 1.0) * y.shape[-1]
+
+    use = weights[:, None] > 0
 
     def one(member):
         mean, log_var = jax.vmap(member)(x)
-        mse = jnp.mean((mean - y) ** 2)
-        nll = 0.5 * jnp.mean((mean - y) ** 2 * jnp.exp(-log_var) + log_var) + 0.5 * _LOG_2PI
-        return mse, nll
+        # where, not a product: a masked row's overflow (inf * 0 = nan) must not reach the sums.
+        mse = jnp.sum(jnp.where(use, (mean - y) ** 2, 0.0)) / total
+        nll = 0.5 * jnp.sum(jnp.where(use, (mean - y) ** 2 * jnp.exp(-log_var) + log_var, 0.0)) / total
+        return mse, nll + 0.5 * _LOG_2PI
 
     return jax.vmap(one)(members)
 
@@ -358,27 +400,32 @@ def _where_all(flag, new, old):
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
+def _train_step(members, opt_state, xb, yb, config: EnsembleConfig):
+    """One Adam step of every member on its own batch (xb, yb: [n_members, batch, .]). Returns the new members
+    and optimiser state, `ok` [n_members] (finite loss and parameters) and the per-member NLL; the caller decides
+    whether to apply a step that is not ok everywhere."""
+    decays = config.layer_weight_decay()
+
+    def objective(members):
+        total, nll = jax.vmap(lambda m, xm, ym: member_loss(m, xm, ym, decays, config.log_var_bound_penalty))(
+            members, xb, yb)
+        return jnp.sum(total), (total, nll)
+
+    (_, (total, nll)), grads = eqx.filter_value_and_grad(objective, has_aux=True)(members)
+    updates, new_opt_state = optax.adam(config.learning_rate).update(grads, opt_state, members)
+    new_members = eqx.apply_updates(members, updates)
+    return new_members, new_opt_state, jnp.isfinite(total) & _per_member_all_finite(new_members), nll
+
+
 @eqx.filter_jit
 def _epoch(members, opt_state, best_members, best_mse, key, bootstrap, x, y, x_hold, y_hold,
            config: EnsembleConfig):
     """One pass over every member's bootstrap resample, then the holdout check. A step whose loss or new
     parameters are non-finite for any member is not applied (nor any later step of the epoch): the carry then
     holds the last good parameters and the host raises."""
-    optimizer = optax.adam(config.learning_rate)
-    decays = config.layer_weight_decay()
-
-    def objective(members, xb, yb):
-        total, nll = jax.vmap(lambda m, xm, ym: _member_loss(m, xm, ym, decays, config.log_var_bound_penalty))(
-            members, xb, yb)
-        return jnp.sum(total), (total, nll)
-
     def step(carry, indices):
         members, opt_state, failed, failed_members, failed_batch, i = carry
-        (_, (total, nll)), grads = eqx.filter_value_and_grad(objective, has_aux=True)(
-            members, x[indices], y[indices])
-        updates, new_opt_state = optimizer.update(grads, opt_state, members)
-        new_members = eqx.apply_updates(members, updates)
-        ok = jnp.isfinite(total) & _per_member_all_finite(new_members)
+        new_members, new_opt_state, ok, nll = _train_step(members, opt_state, x[indices], y[indices], config)
         fails_now = ~failed & ~jnp.all(ok)
         accept = ~failed & jnp.all(ok)
         carry = (_where_all(accept, new_members, members), _where_all(accept, new_opt_state, opt_state),
@@ -529,6 +576,122 @@ def _divergence_message(bad, where, inputs, targets, config) -> str:
                       f"{config.learning_rate}) or raise weight_decay.")
 
 
+class BufferFit(eqx.Module):
+    """What one `fit_buffer` did, as arrays (so it can leave a jitted, vmapped program as metrics)."""
+
+    epochs: jax.Array
+    """Epochs run (0 when there were too few transitions to split into training and holdout)."""
+    holdout_mse: jax.Array
+    """[n_members] holdout MSE of the parameters each member kept (inf where nothing was fitted)."""
+    failed: jax.Array
+    """True when a loss or parameters became non-finite: the model passed in was returned unchanged."""
+
+
+def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, key: jax.Array,
+               max_epochs: int | None = None) -> tuple[GaussianEnsemble, BufferFit]:
+    """`fit` for a fixed-capacity replay buffer, jittable and vmappable: rows [0, size) of the [capacity, .]
+    arrays are the data, the rest is ignored.
+
+    Why a second fit: `fit` decides on the host when to stop and compiles once per dataset size, so it cannot run
+    inside an agent's compiled training chunk, and a growing buffer would recompile at every retrain. Here every
+    shape is the capacity's and the data-dependent parts are masks and loop bounds, so one compiled program
+    retrains the model at every size and for many seeds at once.
+
+    Same recipe as `fit`: a random holdout of min(floor(size * holdout_fraction), max_holdout) rows, statistics
+    of the training split, one bootstrap resample per member drawn once per fit, Adam restarted, each member
+    keeping the parameters of its best holdout epoch, stopping after `patience` epochs without a
+    `min_improvement` gain, elites by holdout MSE. Two differences, both for static shapes: an epoch is
+    ceil(n_train / batch_size) batches drawn with replacement from the member's resample (not a reshuffled pass
+    over it), and a divergence returns the model passed in (the previous good one) with `failed` set instead of
+    raising, so a training loop keeps going on a finite model. With fewer than two usable rows nothing is fitted.
+    `max_epochs` (default the config's) bounds the epochs of this fit.
+    """
+    config = model.config
+    max_epochs = config.max_epochs if max_epochs is None else int(max_epochs)
+    dtype = model.input_mean.dtype
+    obs, actions, next_obs = (jnp.asarray(a, dtype) for a in (obs, actions, next_obs))
+    capacity = obs.shape[0]
+    if obs.ndim != 2 or obs.shape[1] != model.obs_dim or actions.shape != (capacity, model.action_dim) or \
+            next_obs.shape != obs.shape:
+        raise ValueError(f"fit_buffer needs obs and next_obs [capacity, {model.obs_dim}] and actions [capacity, "
+                         f"{model.action_dim}]; got {obs.shape}, {next_obs.shape} and {actions.shape}.")
+    columns = [next_obs - obs]
+    if config.predict_reward:
+        if rewards is None:
+            raise ValueError("this ensemble predicts the reward (predict_reward=True) but rewards=None; pass the "
+                             "rewards or build the ensemble with EnsembleConfig(predict_reward=False).")
+        columns.append(jnp.reshape(jnp.asarray(rewards, dtype), (capacity, 1)))
+    inputs = jnp.concatenate([obs, actions], 1)
+    targets = jnp.concatenate(columns, 1)
+
+    size = jnp.minimum(jnp.asarray(size, jnp.int32), capacity)
+    n_hold = jnp.minimum(jnp.floor(size * config.holdout_fraction).astype(jnp.int32), config.max_holdout)
+    n_train = size - n_hold
+    enough = (n_hold >= 1) & (n_train >= 1)
+    key_split, key_boot, key_epochs = jax.random.split(key, 3)
+    positions = jnp.arange(capacity)
+    # A random order of the valid rows first (invalid rows score 2 > any uniform draw): holdout, then training.
+    order = jnp.argsort(jnp.where(positions < size, jax.random.uniform(key_split, (capacity,)), 2.0))
+    in_train = jnp.zeros(capacity, dtype).at[order].set(((positions >= n_hold) & (positions < size)).astype(dtype))
+
+    def stats(values):
+        count = jnp.maximum(jnp.sum(in_train), 1.0)
+        mean = jnp.sum(in_train[:, None] * values, 0) / count
+        std = jnp.sqrt(jnp.sum(in_train[:, None] * (values - mean) ** 2, 0) / count)
+        return mean, jnp.where(std > 1e-12, std, 1.0)
+
+    in_mean, in_std = stats(inputs)
+    t_mean, t_std = stats(targets)
+    x, y = (inputs - in_mean) / in_std, (targets - t_mean) / t_std
+    n_holdout_max = min(config.max_holdout, capacity)
+    hold_rows = order[:n_holdout_max]
+    hold_weights = (jnp.arange(n_holdout_max) < n_hold).astype(dtype)
+    x_hold, y_hold = x[hold_rows], y[hold_rows]
+    # Positions in the training split (order[n_hold + j], j < n_train) of each member's fixed resample.
+    bootstrap = jax.random.randint(key_boot, (config.n_members, capacity), 0, jnp.maximum(n_train, 1))
+    steps_per_epoch = -(-n_train // config.batch_size)
+    member_index = jnp.arange(config.n_members)[:, None]
+
+    def train_step(i, carry):
+        members, opt_state, failed, key = carry
+        key, key_batch = jax.random.split(key)
+        picks = jax.random.randint(key_batch, (config.n_members, config.batch_size), 0, jnp.maximum(n_train, 1))
+        rows = order[n_hold + bootstrap[member_index, picks]]
+        new_members, new_opt_state, ok, _ = _train_step(members, opt_state, x[rows], y[rows], config)
+        accept = ~failed & jnp.all(ok)
+        return (_where_all(accept, new_members, members), _where_all(accept, new_opt_state, opt_state),
+                failed | ~jnp.all(ok), key)
+
+    def epoch(carry):
+        members, opt_state, best_members, best_mse, failed, since_progress, count = carry
+        members, opt_state, failed, _ = jax.lax.fori_loop(
+            0, steps_per_epoch, train_step, (members, opt_state, failed, jax.random.fold_in(key_epochs, count)))
+        mse, _ = _member_errors(members, x_hold, y_hold, hold_weights)
+        failed = failed | ~jnp.all(jnp.isfinite(mse))
+        improved = (mse < best_mse) & ~failed
+        significant = jnp.any(improved & (mse < best_mse * (1.0 - config.min_improvement)))
+        best_members = _where_member(improved, members, best_members)
+        best_mse = jnp.where(improved, mse, best_mse)
+        return (members, opt_state, best_members, best_mse, failed, jnp.where(significant, 0, since_progress + 1),
+                count + 1)
+
+    def keep_going(carry):
+        *_, failed, since_progress, count = carry
+        return enough & ~failed & (count < max_epochs) & (since_progress < config.patience)
+
+    members = model.members
+    init = (members, optax.adam(config.learning_rate).init(members), members,
+            jnp.full(config.n_members, jnp.inf, dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32))
+    _, _, best_members, best_mse, failed, _, epochs = jax.lax.while_loop(keep_going, epoch, init)
+    fitted = eqx.tree_at(
+        lambda m: (m.members, m.elites, m.input_mean, m.input_std, m.target_mean, m.target_std), model,
+        (best_members, jnp.argsort(best_mse)[: config.n_elites].astype(jnp.int32), in_mean, in_std, t_mean, t_std))
+    use = enough & ~failed
+    result = jax.tree.map(lambda new, old: jnp.where(use, new, old), fitted, model)
+    return result, BufferFit(epochs, jnp.where(use, best_mse, jnp.inf), failed)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The model as an environment
 
@@ -649,4 +812,5 @@ class ModelEnv(eqx.Module):
 __all__ = [
     "EnsembleConfig", "GaussianMember", "GaussianEnsemble", "FitReport", "ModelDivergenceError", "ModelEnv",
     "MBPO_WEIGHT_DECAY", "init_ensemble", "fit", "predict", "predict_all", "bootstrap_indices", "epoch_batches",
+    "predict_batch", "fit_buffer", "BufferFit",
 ]

@@ -9,6 +9,7 @@ import difflib
 
 
 def _registry():
+    from mbpg.algos.mbpg_tabular import MBPG, MBPGConfig
     from mbpg.algos.mbpo import MBPO, MBPOConfig
     from mbpg.algos.pois import APOIS, PPOIS, APOISConfig, POISConfig
     from mbpg.algos.ppo import PPO, PPOConfig
@@ -23,6 +24,7 @@ def _registry():
         "trpo": (TRPOConfig, TRPO, "MFG"),
         "sac": (SACConfig, SAC, "MFG"),
         "mbpo": (MBPOConfig, MBPO, "MVG"),
+        "mbpg-tabular": (MBPGConfig, MBPG, "FMG"),
         "svg0": (SVG0Config, SVG0, "MFG"),
         "svg1": (SVG1Config, SVG1, "MVG"),
         "svginf": (SVGInfConfig, SVGInf, "MVG"),
@@ -31,7 +33,8 @@ def _registry():
     }
 
 
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo")
+ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo",
+              "mbpg-tabular")
 
 
 def get_algorithm(name: str):
@@ -46,6 +49,7 @@ def get_algorithm(name: str):
 # Options that may be 0 or must lie in [0, 1]; every other int must be >= 1 and every float > 0.
 MAY_BE_ZERO = {"learning_starts", "entropy_coef", "gae_lambda", "damping",
                "real_ratio", "k_first_epoch", "model_weight_decay"}
+MAY_BE_ZERO |= {"prune_threshold", "unknown_reward"}  # mbpg-tabular: 0 = no pruning / pessimism
 UNIT_INTERVAL = {"real_ratio", "gamma", "gae_lambda", "tau", "backtrack_ratio", "delta"}
 
 

@@ -7,10 +7,12 @@ same config runs jitted and vmapped) and falls back to a host-side `GymnasiumEnv
 from __future__ import annotations
 
 import difflib
+import functools
 
 import gymnasium
 
 from mbpg.envs.classic_control import CartPole, CartPoleSwingUp, MountainCarContinuous, Pendulum
+from mbpg.envs.families import gridworld
 from mbpg.envs.gym_adapter import GymnasiumEnv
 from mbpg.envs.minigolf import Minigolf
 
@@ -20,6 +22,8 @@ JAX_PORTS = {
     "MountainCarContinuous-v0": MountainCarContinuous,
     "CartPoleSwingUp-v0": CartPoleSwingUp,
     "Minigolf-v0": Minigolf,
+    # The lab's default gridworld as a training env (tabular agents such as mbpg-tabular).
+    "Gridworld4x4-v0": functools.partial(gridworld, 4, 4, slip=0.1, gamma=0.8),
 }
 BACKENDS = ("jax", "gymnasium")
 

@@ -115,3 +115,15 @@ def _warn_if_unstable(stable, gain) -> None:
             UnstableGainWarning,
             stacklevel=3,
         )
+
+
+def optimal_return(mdp: TabularMDP, tolerance: float = 1e-12) -> float:
+    """J* = mu . V* of a tabular MDP by value iteration in float64: the ceiling "reaches the optimal return" is
+    measured against (softmax policies approach it without attaining it)."""
+    transitions, rewards, initial = (np.asarray(x, np.float64) for x in (mdp.transitions, mdp.rewards, mdp.initial))
+    values = np.zeros(mdp.n_states)
+    while True:
+        new = (rewards + mdp.gamma * transitions @ values).max(axis=1)
+        if np.max(np.abs(new - values)) <= tolerance * (1.0 - mdp.gamma):
+            return float(initial @ new)
+        values = new

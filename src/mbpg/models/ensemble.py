@@ -189,7 +189,11 @@ def init_ensemble(config: EnsembleConfig, obs_dim: int, action_dim: int, key: ja
         return GaussianMember(net, jnp.full((target_dim,), config.init_max_log_var, dtype),
                               jnp.full((target_dim,), config.init_min_log_var, dtype))
 
-    members = jax.vmap(member)(jax.random.split(key, config.n_members))
+    # Members are built one by one and stacked, not under vmap: on the 2-core CPU here jax 0.10.2 hangs (0% CPU,
+    # inside XLA) on a vmapped orthogonal initialisation (batched QR) of four or more 200-wide layers, which is
+    # MBPO's default architecture. build_mlp is compiled once per architecture, so the loop costs little.
+    built = [member(k) for k in jax.random.split(key, config.n_members)]
+    members = jax.tree.map(lambda *leaves: jnp.stack(leaves), *built)
     dtype = members.max_log_var.dtype
     return GaussianEnsemble(
         members,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mbpg.algos.off_policy import OffPolicyAgent
 from mbpg.algos.on_policy import is_host_env
 from mbpg.algos.replay import Replay
 from mbpg.algos.spaces import env_spec
@@ -63,8 +64,9 @@ class SACState(eqx.Module):
 LEARNER_FIELDS = ("actor", "critic", "target_critic", "log_alpha", "actor_opt", "critic_opt", "alpha_opt")
 
 
-class SAC:
+class SAC(OffPolicyAgent):
     name = "sac"
+    learner_fields = LEARNER_FIELDS
 
     def __init__(self, config: SACConfig, env):
         self.config, self.env = config, env
@@ -137,47 +139,7 @@ class SAC:
         return new_state, {"critic_loss": loss_q, "actor_loss": loss_pi, "alpha_loss": loss_alpha,
                            "alpha": jnp.exp(log_alpha), "entropy": -log_probs.mean()}
 
-    def explore(self, state: SACState, obs, key_act, key_random):
-        """The behaviour action: uniform over the box before `learning_starts`, then a policy sample."""
-        policy_action = self.policy.sample_with_log_prob(state.actor, obs, key_act)[0]
-        random_action = jax.random.uniform(key_random, (self.spec.action_dim,), minval=jnp.asarray(
-            self.spec.action_low), maxval=jnp.asarray(self.spec.action_high))
-        return jnp.where(state.steps < self.config.learning_starts, random_action, policy_action)
-
     def observe(self, state: SACState, transition: dict, key_update) -> tuple[SACState, dict]:
         """Store one real transition and, once learning has started, take the gradient steps of this env step."""
         state = dataclasses.replace(state, replay=state.replay.add(transition), steps=state.steps + 1)
-        # Only what the update changes goes through the cond: under vmap (many seeds) a cond becomes a select of
-        # its outputs, and selecting the whole state would copy the replay buffer on every env step.
-        learner = {name: getattr(state, name) for name in LEARNER_FIELDS}
-
-        def learn(learner):
-            updated, infos = jax.lax.scan(self.update, dataclasses.replace(state, **learner),
-                                          jax.random.split(key_update, self.config.updates_per_step))
-            return {name: getattr(updated, name) for name in LEARNER_FIELDS}, jax.tree.map(jnp.mean, infos)
-
-        def wait(learner):
-            return learner, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x: learn(x)[1], learner))
-
-        learner, info = jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, learner)
-        return dataclasses.replace(state, **learner), info
-
-    def env_step(self, state: SACState, key) -> tuple[SACState, dict]:
-        key_act, key_random, key_env, key_update = jax.random.split(key, 4)
-        action = self.explore(state, state.env_state.obs, key_act, key_random)
-        env_state, transition = autoreset.step(self.env, state.env_state, action, key_env, self.limit)
-        state, info = self.observe(dataclasses.replace(state, env_state=env_state), {
-            "obs": transition.obs, "action": action, "reward": transition.reward, "next_obs": transition.next_obs,
-            "terminated": transition.terminated}, key_update)
-        done = transition.terminated | transition.truncated
-        return state, {**info, "episode_return": transition.episode_return, "episode_done": done}
-
-    def train_chunk(self, state: SACState):
-        key, key_steps = jax.random.split(state.key)
-        state, infos = jax.lax.scan(self.env_step, dataclasses.replace(state, key=key),
-                                    jax.random.split(key_steps, self.steps_per_chunk))
-        done = infos.pop("episode_done")
-        returns = infos.pop("episode_return")
-        metrics = {k: v.mean() for k, v in infos.items()}
-        metrics["train_episode_return"] = jnp.where(done.any(), returns.sum() / jnp.maximum(done.sum(), 1), jnp.nan)
-        return state, metrics
+        return self.learn_if_ready(state, key_update)

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mbpg.algos.off_policy import OffPolicyAgent
 from mbpg.algos.on_policy import is_host_env
 from mbpg.algos.replay import Replay
 from mbpg.algos.spaces import env_spec
@@ -252,10 +253,11 @@ LEARNER_FIELDS = ("actor", "critic", "target_critic", "log_alpha", "actor_opt", 
                   "model_opt")
 
 
-class SVG0:
+class SVG0(OffPolicyAgent):
     """SVG(0): learned twin Q (the minimum of the two, as in SAC), no model. Gradient type: MFG."""
 
     name = "svg0"
+    learner_fields = LEARNER_FIELDS
     uses_model = False
 
     def __init__(self, config, env):
@@ -363,13 +365,6 @@ class SVG0:
                            "alpha": jnp.exp(log_alpha), "entropy": -log_probs.mean(),
                            "mean_importance_weight": weights.mean()}
 
-    def explore(self, state: SVGState, obs, key_act, key_random):
-        """The behaviour action: uniform over the box before `learning_starts`, then a policy sample."""
-        policy_action = self.policy.sample(state.actor, obs, key_act)
-        random_action = jax.random.uniform(key_random, (self.spec.action_dim,), minval=jnp.asarray(
-            self.spec.action_low), maxval=jnp.asarray(self.spec.action_high))
-        return jnp.where(state.steps < self.config.learning_starts, random_action, policy_action)
-
     def observe(self, state: SVGState, transition: dict, key_update) -> tuple[SVGState, dict]:
         """Store one real transition with its behaviour log-density, then take this env step's updates.
 
@@ -383,37 +378,7 @@ class SVG0:
             normaliser = normaliser.add(_model_row(transition, self.model.config.predict_reward))
         state = dataclasses.replace(state, replay=state.replay.add(transition), steps=state.steps + 1,
                                     normaliser=normaliser)
-        learner = {name: getattr(state, name) for name in LEARNER_FIELDS}
-
-        def learn(learner):
-            updated, infos = jax.lax.scan(self.update, dataclasses.replace(state, **learner),
-                                          jax.random.split(key_update, self.config.updates_per_step))
-            return {name: getattr(updated, name) for name in LEARNER_FIELDS}, jax.tree.map(jnp.mean, infos)
-
-        def wait(learner):
-            return learner, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x: learn(x)[1], learner))
-
-        learner, info = jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, learner)
-        return dataclasses.replace(state, **learner), info
-
-    def env_step(self, state: SVGState, key) -> tuple[SVGState, dict]:
-        key_act, key_random, key_env, key_update = jax.random.split(key, 4)
-        action = self.explore(state, state.env_state.obs, key_act, key_random)
-        env_state, transition = autoreset.step(self.env, state.env_state, action, key_env, self.limit)
-        state, info = self.observe(dataclasses.replace(state, env_state=env_state), {
-            "obs": transition.obs, "action": action, "reward": transition.reward, "next_obs": transition.next_obs,
-            "terminated": transition.terminated}, key_update)
-        done = transition.terminated | transition.truncated
-        return state, {**info, "episode_return": transition.episode_return, "episode_done": done}
-
-    def train_chunk(self, state: SVGState):
-        key, key_steps = jax.random.split(state.key)
-        state, infos = jax.lax.scan(self.env_step, dataclasses.replace(state, key=key),
-                                    jax.random.split(key_steps, self.steps_per_chunk))
-        done, returns = infos.pop("episode_done"), infos.pop("episode_return")
-        metrics = {k: v.mean() for k, v in infos.items()}
-        metrics["train_episode_return"] = jnp.where(done.any(), returns.sum() / jnp.maximum(done.sum(), 1), jnp.nan)
-        return state, metrics
+        return self.learn_if_ready(state, key_update)
 
 
 class SVG1(SVG0):

@@ -224,3 +224,26 @@ def test_config_and_data_errors_name_the_fix():
         fit_ensemble(model, np.zeros((4, 3)), np.zeros((4, 1)), np.zeros((4, 2)), np.zeros(4), jax.random.key(0))
     with pytest.raises(ValueError, match="collect more data"):
         fit_ensemble(model, np.zeros((3, 3)), np.zeros((3, 1)), np.zeros((3, 3)), np.zeros(3), jax.random.key(0))
+
+
+def test_a_model_env_is_a_gymnasium_env_starting_from_the_buffer_or_the_initial_distribution(data, fitted):
+    from gymnasium.utils.env_checker import check_env
+
+    from mbpg.envs import as_gymnasium
+
+    _, model, _ = fitted
+    real = Pendulum()
+    from_buffer = ModelEnv.like(real, model, data[0][:50], reward_fn=pendulum_reward)
+    from_initial = ModelEnv.like(real, model, reward_fn=pendulum_reward, from_initial=True)
+    for env in (from_buffer, from_initial):
+        wrapped = as_gymnasium(env)
+        check_env(wrapped, skip_render_check=True)
+        obs, _ = wrapped.reset(seed=0)
+        next_obs, reward, terminated, truncated, _ = wrapped.step(np.array([0.5], np.float32))
+        assert obs.shape == next_obs.shape == (3,) and np.isfinite(reward) and not terminated and not truncated
+    starts = np.asarray(jax.vmap(from_initial.reset)(jax.random.split(jax.random.key(0), 500)))
+    # Pendulum-v1 starts with theta ~ U(-pi, pi) and theta_dot ~ U(-1, 1): the buffer's states range over +-8.
+    assert np.allclose(np.hypot(starts[:, 0], starts[:, 1]), 1.0, atol=1e-5) and np.abs(starts[:, 2]).max() <= 1.0
+    assert np.abs(starts[:, 2]).max() > 0.9
+    with pytest.raises(ValueError, match="needs start states"):
+        ModelEnv.like(real, model, reward_fn=pendulum_reward)

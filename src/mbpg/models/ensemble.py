@@ -715,8 +715,11 @@ class ModelEnv(eqx.Module):
     the model sees them (the real environments clip too, and the model never saw actions outside it). The
     reward is `reward_fn(obs, action, next_obs)` when given (a known reward is exact), otherwise the model's;
     termination is `termination_fn(next_obs)` when given, otherwise never (right for Pendulum). `reset` draws
-    uniformly from `start_states`, real observations, because the model's start distribution is unknown and
-    rollouts from real states stay where the model was trained (MBPO branches from buffer states).
+    uniformly from `start_states`, real observations (rollouts from real states stay where the model was trained:
+    MBPO branches from buffer states), or, given `initial_state_fn(key) -> obs`, from the task's own initial
+    distribution (ME-TRPO and PILCO start imagined episodes there; `ModelEnv.like(..., from_initial=True)`).
+    `mbpg.envs.as_gymnasium(model_env)` is a `gymnasium.Env` that passes Gymnasium's checker, so any Gymnasium agent
+    (Stable-Baselines3's included) can train inside a learned model.
 
     The model's arrays are pytree leaves (so a batch of ModelEnvs can be vmapped over seeds), which makes the
     module unhashable: compile with `eqx.filter_jit(env.step)`, a closure `jax.jit(lambda s, a, k: env.step(s,
@@ -724,7 +727,7 @@ class ModelEnv(eqx.Module):
     """
 
     model: GaussianEnsemble
-    start_states: jax.Array
+    start_states: jax.Array | None
     action_low: tuple[float, ...] = eqx.field(static=True)
     action_high: tuple[float, ...] = eqx.field(static=True)
     observation_low: tuple[float, ...] = eqx.field(static=True)
@@ -734,6 +737,7 @@ class ModelEnv(eqx.Module):
     max_episode_steps: int | None = eqx.field(static=True)
     deterministic: bool = eqx.field(static=True)
     clip_actions: bool = eqx.field(static=True)
+    initial_state_fn: Callable | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -746,15 +750,21 @@ class ModelEnv(eqx.Module):
         max_episode_steps: int | None = None,
         deterministic: bool = False,
         clip_actions: bool = True,
+        initial_state_fn: Callable | None = None,
     ):
         if reward_fn is None and not model.config.predict_reward:
             raise ValueError("this ensemble does not predict the reward (predict_reward=False) and no reward_fn "
                              "was given; pass reward_fn=lambda obs, action, next_obs: ... or fit an ensemble "
                              "with EnsembleConfig(predict_reward=True).")
-        start_states = jnp.asarray(start_states, model.input_mean.dtype)
-        if start_states.ndim != 2 or start_states.shape[1] != model.obs_dim or start_states.shape[0] < 1:
-            raise ValueError(f"start_states must be real observations of shape [K >= 1, {model.obs_dim}], got "
-                             f"{start_states.shape}.")
+        if start_states is None and initial_state_fn is None:
+            raise ValueError("a ModelEnv needs start states: pass start_states (real observations, e.g. from the "
+                             "replay buffer) or initial_state_fn(key) -> observation (the task's initial "
+                             "distribution; ModelEnv.like(env, ..., from_initial=True) uses env.reset).")
+        if start_states is not None:
+            start_states = jnp.asarray(start_states, model.input_mean.dtype)
+            if start_states.ndim != 2 or start_states.shape[1] != model.obs_dim or start_states.shape[0] < 1:
+                raise ValueError(f"start_states must be real observations of shape [K >= 1, {model.obs_dim}], "
+                                 f"got {start_states.shape}.")
         self.action_low, self.action_high = _box_bounds(action_space, "action_space")
         if len(self.action_low) != model.action_dim:
             raise ValueError(f"action_space has {len(self.action_low)} dimensions, the model {model.action_dim}.")
@@ -773,13 +783,22 @@ class ModelEnv(eqx.Module):
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.deterministic = bool(deterministic)
         self.clip_actions = bool(clip_actions)
+        self.initial_state_fn = initial_state_fn
 
     @classmethod
-    def like(cls, env, model: GaussianEnsemble, start_states, reward_fn=None, termination_fn=None,
-             deterministic: bool = False) -> ModelEnv:
-        """A model of `env` with its spaces and episode length."""
+    def like(cls, env, model: GaussianEnsemble, start_states=None, reward_fn=None, termination_fn=None,
+             deterministic: bool = False, from_initial: bool = False) -> ModelEnv:
+        """A model of `env` with its spaces and episode length; `from_initial=True` starts episodes from `env`'s
+        own initial distribution instead of `start_states`."""
+        initial_state_fn = None
+        if from_initial:
+            from mbpg.envs.autoreset import observe
+
+            def initial_state_fn(key):
+                return observe(env, env.reset(key))
         return cls(model, start_states, env.action_space, getattr(env, "observation_space", None), reward_fn,
-                   termination_fn, getattr(env, "max_episode_steps", None), deterministic)
+                   termination_fn, getattr(env, "max_episode_steps", None), deterministic,
+                   initial_state_fn=initial_state_fn)
 
     @property
     def observation_space(self) -> spaces.Box:
@@ -792,6 +811,8 @@ class ModelEnv(eqx.Module):
                           dtype=np.float32)
 
     def reset(self, key: jax.Array) -> jax.Array:
+        if self.initial_state_fn is not None:
+            return jnp.asarray(self.initial_state_fn(key), self.model.input_mean.dtype)
         return self.start_states[jax.random.randint(key, (), 0, self.start_states.shape[0])]
 
     def step(self, state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -11,10 +11,12 @@ import difflib
 def _registry():
     from mbpg.algos.mbpg_tabular import MBPG, MBPGConfig
     from mbpg.algos.mbpo import MBPO, MBPOConfig
+    from mbpg.algos.metrpo import METRPO, METRPOConfig
     from mbpg.algos.pois import APOIS, PPOIS, APOISConfig, POISConfig
     from mbpg.algos.ppo import PPO, PPOConfig
     from mbpg.algos.reinforce import Reinforce, ReinforceConfig
     from mbpg.algos.sac import SAC, SACConfig
+    from mbpg.algos.slbo import SLBO, SLBOConfig
     from mbpg.algos.svg import SVG0, SVG1, SVG0Config, SVG1Config, SVGInf, SVGInfConfig
     from mbpg.algos.trpo import TRPO, TRPOConfig
 
@@ -24,6 +26,8 @@ def _registry():
         "trpo": (TRPOConfig, TRPO, "MFG"),
         "sac": (SACConfig, SAC, "MFG"),
         "mbpo": (MBPOConfig, MBPO, "MVG"),
+        "metrpo": (METRPOConfig, METRPO, "FMG"),
+        "slbo": (SLBOConfig, SLBO, "FMG"),
         "mbpg-tabular": (MBPGConfig, MBPG, "FMG"),
         "svg0": (SVG0Config, SVG0, "MFG"),
         "svg1": (SVG1Config, SVG1, "MVG"),
@@ -33,8 +37,8 @@ def _registry():
     }
 
 
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo",
-              "mbpg-tabular")
+ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo", "metrpo",
+              "slbo", "mbpg-tabular")
 
 
 def get_algorithm(name: str):
@@ -49,8 +53,10 @@ def get_algorithm(name: str):
 # Options that may be 0 or must lie in [0, 1]; every other int must be >= 1 and every float > 0.
 MAY_BE_ZERO = {"learning_starts", "entropy_coef", "gae_lambda", "damping",
                "real_ratio", "k_first_epoch", "model_weight_decay"}
+MAY_BE_ZERO |= {"imagined_horizon", "ou_theta", "ou_sigma"}  # metrpo, slbo: 0 = the task's length / no noise
 MAY_BE_ZERO |= {"prune_threshold", "unknown_reward"}  # mbpg-tabular: 0 = no pruning / pessimism
-UNIT_INTERVAL = {"real_ratio", "gamma", "gae_lambda", "tau", "backtrack_ratio", "delta"}
+UNIT_INTERVAL = {"real_ratio", "gamma", "gae_lambda", "tau", "backtrack_ratio", "delta",
+                 "validation_fraction", "improvement_threshold", "ou_theta"}
 
 
 def check_config(config) -> None:

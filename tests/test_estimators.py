@@ -32,7 +32,7 @@ def draws(problem, estimator, n_estimates=4000, n_trajectories=2, seed=0, **opti
 def test_the_estimator_table_is_the_seed_table():
     assert {name: e.gradient_type for name, e in ESTIMATORS.items()} == {
         "reinforce": "MFG", "gpomdp": "MFG", "fmg": "FMG", "mvg-mc": "MVG", "mvg-dp": "MVG", "mvg-td": "MVG",
-        "svg": "MVG", "uim": "MVG"}
+        "svg": "MVG", "uim": "MVG", "gamps": "MVG", "gamps-ml": "MVG"}
     assert get_estimator("fmg").d_source == "model" and get_estimator("mvg-dp").d_source == "real"
 
 

@@ -16,7 +16,7 @@ BENIGN = re.compile(r"infinity|recommend using a symmetric and normalized space"
 
 
 def _putt(env, x, speed):
-    return env.step(jnp.array([x, 0.0]), jnp.array([speed]), jax.random.key(0))
+    return env.step(jnp.array([x, 0.0, 0.0]), jnp.array([speed]), jax.random.key(0))
 
 
 def test_friction_stops_a_slow_ball_short_of_the_hole():
@@ -37,6 +37,10 @@ def test_a_putt_at_the_right_speed_drops_and_a_fast_one_overshoots():
     assert float(reward) == 0.0 and bool(env.is_terminal(holed)) and float(holed[0]) == 0.0
     over, reward = _putt(env, 5.0, v_min + 2.0)
     assert float(reward) == -100.0 and bool(env.is_terminal(over))
+    # the state records where each putt would have stopped: past the hole by more than the window for the overshoot
+    assert float(holed[2]) == pytest.approx(5.0 - (v_min + 0.05) ** 2 / (2 * 5 / 7 * 0.131 * GRAVITY), rel=1e-5)
+    assert -float(env.hole_window(jnp.asarray(5.0))) <= float(holed[2]) <= 0.0
+    assert float(over[2]) < -float(env.hole_window(jnp.asarray(5.0)))
     # once ended, the state is absorbing and pays nothing
     after, reward = env.step(over, jnp.array([3.0]), jax.random.key(1))
     np.testing.assert_array_equal(after, over)
@@ -46,7 +50,7 @@ def test_a_putt_at_the_right_speed_drops_and_a_fast_one_overshoots():
 def test_noise_scales_the_putt_and_actions_are_clipped():
     env = Minigolf()
     keys = jax.random.split(jax.random.key(0), 2000)
-    states, _ = jax.vmap(lambda k: env.step(jnp.array([19.0, 0.0]), jnp.array([2.0]), k))(keys)
+    states, _ = jax.vmap(lambda k: env.step(jnp.array([19.0, 0.0, 0.0]), jnp.array([2.0]), k))(keys)
     rolled = 19.0 - np.asarray(states[:, 0])
     deceleration = 5 / 7 * 0.131 * GRAVITY
     # distance = u^2 / (2 d) with u = 2 (1 + 0.3 eps): mean 4 (1 + 0.09) / (2 d)
@@ -79,3 +83,48 @@ def test_bad_settings_are_named():
         Minigolf(friction=0.0)
     with pytest.raises(ValueError, match="min_action < max_action"):
         Minigolf(min_action=5.0, max_action=1.0)
+
+
+# ----- GAMPS on minigolf: the model's Q, the weighted fit, the loop ----------------------------------------------
+
+
+def test_model_q_is_the_return_of_the_model_under_the_rules_and_the_time_limit():
+    from mbpg.algos.gamps_continuous import GAMMA, Batch, PuttPolicy, model_q
+
+    env = Minigolf()
+    x = jnp.full((1, 20), 5.0)
+    batch = Batch(x, jnp.ones((1, 20)), x, x, jnp.ones((1, 20), bool), x)
+    # Deterministic model "every putt stops 0.5 closer": 9 short putts (-1 each) from 5.0, then one that drops.
+    q = model_q(env, PuttPolicy(), jnp.zeros(2), jnp.array([1.0, 0.0, -0.5]), jnp.asarray(0.0), batch,
+                jax.random.key(0), 2)
+    np.testing.assert_allclose(q[0, 0], -sum(GAMMA**k for k in range(9)), rtol=1e-5)
+    np.testing.assert_allclose(q[0, 15], -sum(GAMMA**k for k in range(5)), rtol=1e-5)  # 5 putts left at t = 15
+    overshoot = model_q(env, PuttPolicy(), jnp.zeros(2), jnp.array([0.0, 0.0, -10.0]), jnp.asarray(0.0), batch,
+                        jax.random.key(0), 2)
+    np.testing.assert_allclose(overshoot, -100.0)
+
+
+def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_loop_is_seeded():
+    from mbpg.algos.gamps_continuous import ContinuousGAMPSConfig, PuttPolicy, collect, fit_stop_model, make_train
+
+    env = Minigolf()
+    policy = PuttPolicy()
+    params = jnp.array([1.2, 0.0])
+    batch = collect(env, policy, params, jax.random.key(1), 6)
+    buffer = jax.tree.map(lambda a: a[None], batch)
+    coefficients, _ = fit_stop_model(env, policy, params, buffer, jnp.ones(1, bool), "ml", 10.0)
+    live = np.asarray(batch.alive)
+    inputs = np.stack([np.asarray(batch.x)[live], np.clip(np.asarray(batch.actions)[live], 1e-5, 10.0),
+                       np.ones(live.sum())], 1)
+    expected, *_ = np.linalg.lstsq(inputs, np.asarray(batch.stops)[live], rcond=None)
+    np.testing.assert_allclose(coefficients, expected, rtol=1e-3, atol=1e-3)
+    config = ContinuousGAMPSConfig(iterations=3, n_episodes=4, n_rollouts=2, buffer_batches=2, eval_episodes=8)
+    train = jax.jit(make_train(env, config))
+    first, metrics = train(jax.random.key(0))
+    again, _ = train(jax.random.key(0))
+    np.testing.assert_array_equal(first, again)
+    assert metrics["eval_return"].shape == (3,) and np.isfinite(np.asarray(metrics["coefficients"])).all()
+    with pytest.raises(ValueError, match="gradient must be"):
+        ContinuousGAMPSConfig(gradient="mle")
+    with pytest.raises(ValueError, match="n_episodes must be >= 2"):
+        ContinuousGAMPSConfig(n_episodes=1)

@@ -1,6 +1,7 @@
 """The `mbpg` command line. Options come from dataclasses parsed by tyro, so every option has its help text.
 
     mbpg lab [SCENARIO] [OPTIONS]        exact-gradient lab
+    mbpg lab atlas [--full] [--out DIR]  the lab atlas: winners and the adaptive selector over env families
     mbpg train ALGO [OPTIONS]            train an agent (mbpg train --help lists the algorithms)
     mbpg compare --algos A,B,C [OPTIONS] train several algorithms, curves grouped by gradient type
     mbpg sweep SPEC [--ray ADDRESS]      algorithms x envs x seeds x option grids, in-process or on Ray
@@ -19,6 +20,11 @@ USAGE = __doc__.split("\n\n", 1)[1]
 def _lab(rest: list[str]) -> None:
     from mbpg.lab.run import LabConfig, run_lab
 
+    if rest and rest[0] == "atlas":  # `mbpg lab atlas [--full] [--out DIR]`: the grid over env families
+        from mbpg.lab.atlas import AtlasConfig, run_atlas
+
+        run_atlas(tyro.cli(AtlasConfig, args=rest[1:], prog="mbpg lab atlas"))
+        return
     # `mbpg lab chain` reads like English: accept the scenario as an optional positional word.
     if rest and not rest[0].startswith("-"):
         rest = ["--scenario", rest[0], *rest[1:]]

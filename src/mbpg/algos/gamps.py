@@ -79,7 +79,9 @@ class GAMPSConfig:
 
 
 @functools.partial(jax.jit, static_argnames=("n", "horizon"))
-def _collect(env, logits, key, n, horizon):
+def collect_batch(env, logits, key, n, horizon):
+    """N real trajectories of the softmax policy `logits` and their log-probabilities under it (the behaviour
+    log-probabilities that later importance ratios divide by)."""
     policy = SoftmaxPolicy()
     batch = sample_trajectories(env, policy, logits, key, n, horizon)
     log_probs = jax.vmap(jax.vmap(lambda s, a: policy.log_prob(logits, s, a)))(batch.states, batch.actions)
@@ -156,7 +158,7 @@ def train_tabular(env: TabularMDP, model_class, config: GAMPSConfig, key: jax.Ar
     for iteration in range(config.iterations):
         key, key_collect, key_q = jax.random.split(key, 3)
         current = jnp.asarray(logits, jnp.float32)
-        batch, log_probs = _collect(env, current, key_collect, config.n_trajectories, horizon)
+        batch, log_probs = collect_batch(env, current, key_collect, config.n_trajectories, horizon)
         batches = (batches if config.reuse_data else []) + [(batch, log_probs)]
         if config.gradient == "gpomdp":
             gradient = gpomdp_gradient(env, current, batch)

@@ -19,7 +19,14 @@ deceleration d = (5/7) * friction(x) * g (a rolling ball, friction taken at the 
 A putt that stops short always makes progress, so an episode ends in at most a few putts with a good policy; the
 time limit (`max_episode_steps`) is applied by the caller.
 
-State layout: [x, ended] (ended = 1 after holing or overshooting); the observation is [x].
+The step is split into physics and rules, so a learned model can replace the physics alone: `stop_point`
+gives the signed distance y = x - u^2 / (2 d) at which the ball would come to rest (y < 0: past the hole), and
+`outcome(x, y)` applies the rules (short if y > 0, holed if -L(x) <= y <= 0 with L = (v_max^2 - v_min^2) / (2 d),
+overshot otherwise). GAMPS's continuous model (`mbpg.algos.gamps_continuous`) learns y from (x, a) and keeps the
+rules, as the tabular GAMPS keeps the known rewards.
+
+State layout: [x, ended, y] (ended = 1 after holing or overshooting; y the stop point of the last putt, as seen
+where the ball went, 0 at the start); the observation is [x].
 """
 
 from __future__ import annotations
@@ -81,23 +88,37 @@ class Minigolf(eqx.Module):
     def reset(self, key: jax.Array) -> jax.Array:
         dtype = jnp.result_type(float)
         x = jax.random.uniform(key, (), dtype, self.min_position, self.max_position)
-        return jnp.stack([x, jnp.zeros((), dtype)])
+        return jnp.stack([x, jnp.zeros((), dtype), jnp.zeros((), dtype)])
+
+    def deceleration(self, x: jax.Array) -> jax.Array:
+        """d = (5/7) friction(x) g: a rolling ball's constant deceleration."""
+        return 5.0 / 7.0 * self.friction_at(x) * GRAVITY
+
+    def stop_point(self, x: jax.Array, action: jax.Array, key: jax.Array) -> jax.Array:
+        """The physics: y = x - u^2 / (2 d), u = clip(a) * putter_length * (1 + eps), eps ~ N(0, noise_std^2)."""
+        a = jnp.clip(jnp.reshape(action, (-1,))[0].astype(x.dtype), self.min_action, self.max_action)
+        speed = jnp.maximum(a * self.putter_length * (1.0 + self.noise_std * jax.random.normal(key, (), x.dtype)), 0.0)
+        return x - speed**2 / (2.0 * self.deceleration(x))
+
+    def hole_window(self, x: jax.Array) -> jax.Array:
+        """L(x): a ball that would stop at most L past the hole drops in (v_min < u < v_max)."""
+        return (2 * self.hole_size - self.ball_radius) ** 2 * GRAVITY / (2 * self.ball_radius) / (
+            2.0 * self.deceleration(x))
+
+    def outcome(self, x: jax.Array, stop: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The rules: (next position, reward, ended) of a putt from x that would stop at `stop`."""
+        short = stop > 0.0
+        overshoot = stop < -self.hole_window(x)
+        reward = jnp.where(short, -1.0, jnp.where(overshoot, -100.0, 0.0)).astype(x.dtype)
+        return jnp.where(short, stop, 0.0), reward, ~short
 
     def step(self, state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         x, ended = state[0], state[1]
-        a = jnp.clip(jnp.reshape(action, (-1,))[0].astype(state.dtype), self.min_action, self.max_action)
-        speed = a * self.putter_length * (1.0 + self.noise_std * jax.random.normal(key, (), state.dtype))
-        speed = jnp.maximum(speed, 0.0)
-        deceleration = 5.0 / 7.0 * self.friction_at(x) * GRAVITY
-        v_min = jnp.sqrt(2.0 * deceleration * x)
-        v_max = jnp.sqrt((2 * self.hole_size - self.ball_radius) ** 2 * GRAVITY / (2 * self.ball_radius) + v_min**2)
-        short = speed < v_min
-        overshoot = speed > v_max
-        new_x = jnp.where(short, x - speed**2 / (2.0 * deceleration), 0.0)
-        reward = jnp.where(short, -1.0, jnp.where(overshoot, -100.0, 0.0)).astype(state.dtype)
+        stop = self.stop_point(x, action, key)
+        new_x, reward, finished = self.outcome(x, stop)
         # After the episode ended the state is absorbing and pays nothing (callers normally stop stepping).
         done = ended > 0.5
-        next_state = jnp.where(done, state, jnp.stack([new_x, jnp.where(short, 0.0, 1.0).astype(state.dtype)]))
+        next_state = jnp.where(done, state, jnp.stack([new_x, finished.astype(state.dtype), stop]))
         return next_state, jnp.where(done, 0.0, reward)
 
     def observation(self, state: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from mbpg.envs import LQR, TabularMDP
 from mbpg.gradients import q_sources
+from mbpg.gradients.fitted_model import fitted_model_exact_q
 from mbpg.gradients.forms import score_function_gradient, value_gradient
 from mbpg.gradients.trajectories import sample_trajectories
 from mbpg.values import default_td_iterations, discount_weights
@@ -31,9 +32,14 @@ class Estimator:
     form: Literal["score", "pathwise"]
     description: str
     envs: tuple[type, ...] = (TabularMDP, LQR)
+    fitted: Literal["gamps", "ml"] | None = None
+    """Q's model is fitted inside the draw from the draw's own real trajectories, with GAMPS weights or unit
+    weights (`mbpg.gradients.fitted_model`); such an estimator takes no model input."""
 
     @property
     def needs_model(self) -> bool:
+        if self.fitted is not None:
+            return False
         return self.d_source == "model" or self.q_source.startswith("model")
 
     @property
@@ -58,6 +64,10 @@ ESTIMATORS: dict[str, Estimator] = {
         Estimator("uim", "real", "model-backprop", "pathwise", "UIM: return gradient through the model plus a "
                   "time-indexed bias that reproduces each real trajectory (on a linear-Gaussian model the bias is "
                   "SVG's inferred noise, so the draw is svg's)", envs=(LQR,)),
+        Estimator("gamps", "real", "model-exact", "score", "GAMPS: real pairs, Q by exact DP on a model fitted "
+                  "from the same trajectories by gradient-aware weighted ML", envs=(TabularMDP,), fitted="gamps"),
+        Estimator("gamps-ml", "real", "model-exact", "score", "GAMPS's twin: the same model class fitted from the "
+                  "same trajectories by plain (unit-weight) ML", envs=(TabularMDP,), fitted="ml"),
     )
 }
 
@@ -78,6 +88,9 @@ class EstimatorOptions:
     """Sweeps of the mvg-td critic (default: enough to contract the initial error below 1e-3)."""
     bootstrap: bool = True
     """svg: add the model's value of the last state, so truncation comes only from the model."""
+    model_class: object | None = None
+    """gamps / gamps-ml: the model class fitted inside each draw, a hashable object with a jittable
+    `fit_mdp(reference, counts)` (e.g. `mbpg.models.gradient_aware.DisplacementModel`); None: full tabular."""
 
 
 def get_estimator(name: str) -> Estimator:
@@ -118,6 +131,8 @@ def draw_gradient(estimator: Estimator, env, model, policy, params, key, n_traje
     elif estimator.q_source == "model-rollouts":
         signal = q_sources.model_rollout_q(trajectories, model, policy, params, key_q, options.n_rollouts,
                                            options.rollout_horizon or horizon)
+    elif estimator.fitted is not None:
+        signal = fitted_model_exact_q(trajectories, env, policy, params, options.model_class, estimator.fitted)
     elif estimator.q_source == "model-exact":
         signal = q_sources.model_exact_q(trajectories, model, params)
     elif estimator.q_source == "model-td":

@@ -25,14 +25,15 @@ import numpy as np
 
 from mbpg.algos.gamps import (
     GAMPSConfig,
-    _collect,
+    collect_batch,
     fit_model,
     model_value_gradient,
     train_tabular,
 )
 from mbpg.envs import TabularMDP, gridworld
 from mbpg.lab.exact import exact_gradient, exact_return
-from mbpg.models.gradient_aware import DISPLACEMENTS, DisplacementModel
+from mbpg.models.gradient_aware import DISPLACEMENTS, DisplacementModel, FullTabularModel, score_norms
+from mbpg.policies import SoftmaxPolicy
 from mbpg.values import effective_horizon
 
 # q[a, k] of the two areas: intended moves, and the opposite move (up<->down, right<->left).
@@ -100,7 +101,7 @@ def gradient_error_study(env: TabularMDP, model_class, logits, sample_sizes: Seq
             if progress:
                 progress(f"N={n} seed={s}")
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), s)
-            batch, log_probs = _collect(env, current, key, int(n), horizon)
+            batch, log_probs = collect_batch(env, current, key, int(n), horizon)
             estimates = {}
             for name in ("ml", "gamps"):
                 model, _ = fit_model(env, model_class, current, [(batch, log_probs)], name)
@@ -135,6 +136,47 @@ def mean_ci(values) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
+def expected_counts(env: TabularMDP, logits, horizon: int, weighting: str = "gamps") -> np.ndarray:
+    """E[C[s, a, s']]: the expected weighted transition counts of one trajectory of `horizon` steps, exactly.
+
+    Unit weights ("ml") sum the undiscounted state distributions m_t. GAMPS weights need the expected score
+    mass carried into each state: with c_t(s) = E[sum_{l<t} ||g_l|| 1{s_t = s}] and n(s, a) = ||g(s, a)||,
+    E[w_t 1{s_t=s, a_t=a, s_{t+1}=s'}] = gamma^t (c_t(s) + m_t(s) n(s, a)) pi(a|s) p(s'|s, a) and
+    c_{t+1}(s') = sum_{s,a} (c_t(s) + m_t(s) n(s, a)) pi(a|s) p(s'|s, a). Weighted ML is scale-invariant, so
+    fitting these counts gives the N -> infinity limit of the fit in the draw."""
+    if weighting not in ("gamps", "ml"):
+        raise ValueError(f"weighting must be 'gamps' or 'ml'; got {weighting!r}.")
+    with jax.enable_x64(True):
+        logits = jnp.asarray(np.asarray(logits, np.float64))
+        pairs_s = jnp.repeat(jnp.arange(env.n_states)[:, None], env.n_actions, 1)
+        pairs_a = jnp.repeat(jnp.arange(env.n_actions)[None, :], env.n_states, 0)
+        norms = np.asarray(score_norms(SoftmaxPolicy(), logits, pairs_s, pairs_a), np.float64)  # [S, A]
+    pi = np.asarray(jax.nn.softmax(np.asarray(logits, np.float64), -1), np.float64)
+    transitions = np.asarray(env.transitions, np.float64)
+    m, c = np.asarray(env.initial, np.float64), np.zeros(env.n_states)
+    counts = np.zeros_like(transitions)
+    for t in range(horizon):
+        carried = (c[:, None] + m[:, None] * norms) * pi
+        step = env.gamma**t * carried if weighting == "gamps" else m[:, None] * pi
+        counts += step[:, :, None] * transitions
+        c = np.einsum("sa,sat->t", carried, transitions)
+        m = np.einsum("sa,sat->t", m[:, None] * pi, transitions)
+    return counts
+
+
+def population_gradient(env: TabularMDP, model_class, logits, horizon: int | None = None,
+                        weighting: str = "gamps") -> np.ndarray:
+    """The N -> infinity limit of the `gamps` (or `gamps-ml`) estimator: the exact MVG gradient with the model
+    that `model_class` fits to the expected counts (`expected_counts`). Its distance to `exact_gradient` is the
+    bias that the model class leaves however much data there is."""
+    horizon = horizon or effective_horizon(env.gamma)
+    counts = expected_counts(env, logits, horizon, weighting)
+    with jax.enable_x64(True):
+        model = (model_class or FullTabularModel()).fit_mdp(env, jnp.asarray(counts))
+        model = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), model)
+    return np.asarray(exact_gradient(env, logits, "mvg", model), np.float64)
+
+
 def learning_curve(env: TabularMDP, model_class, config: GAMPSConfig, key: jax.Array, logits=None) -> dict:
     """One training run: exact return after each update (index 0 = the initial policy) and the exact gradient
     error and cosine of each update's estimate."""
@@ -149,4 +191,4 @@ def learning_curve(env: TabularMDP, model_class, config: GAMPSConfig, key: jax.A
 
 
 __all__ = ["two_area_gridworld", "random_logits", "gradient_error_study", "summarise_errors", "mean_ci",
-           "learning_curve", "ErrorRow"]
+           "learning_curve", "ErrorRow", "expected_counts", "population_gradient"]

@@ -13,9 +13,10 @@ import jax
 import numpy as np
 
 from mbpg.envs import LQR, TabularMDP
-from mbpg.gradients import EstimatorOptions, get_estimator
+from mbpg.gradients import EstimatorOptions
 from mbpg.lab.exact import exact_gradient
 from mbpg.lab.sampling import compile_sampler, validate_request
+from mbpg.lab.selector import AutoEstimator, lab_estimator
 from mbpg.models import (
     learned_linear_model,
     learned_model,
@@ -63,7 +64,7 @@ def _count(value: float) -> int:
 
 
 def population_kind(estimator: str) -> str:
-    return get_estimator(estimator).gradient_type.lower()
+    return lab_estimator(estimator).gradient_type.lower()
 
 
 @dataclasses.dataclass
@@ -104,6 +105,14 @@ def summarise_draws(draws: np.ndarray, truth: np.ndarray) -> dict:
     )
 
 
+def fitted_population(env, params, weighting: str, horizon: int | None, options: EstimatorOptions | None):
+    """The N -> infinity value of an estimator whose model class is fitted inside the draw (`gamps`, `gamps-ml`):
+    its bias is what the model class leaves however much data there is, not zero."""
+    from mbpg.lab.gradient_aware import population_gradient
+
+    return population_gradient(env, getattr(options, "model_class", None), params, horizon, weighting)
+
+
 def estimator_quality(
     env,
     params,
@@ -126,14 +135,14 @@ def estimator_quality(
     if not estimators or not model_errors or not sample_sizes:
         raise ValueError("estimators, model_errors and sample_sizes must each name at least one value.")
     for name in estimators:
-        get_estimator(name)
+        lab_estimator(name)
     truth = exact_gradient(env, params, "mfg")
     root = jax.random.key(seed)
     models = [make_model(env, error_kind, value, jax.random.fold_in(root, i), params)
               for i, value in enumerate(model_errors)]
     rows: list[QualityRow] = []
     for name in estimators:
-        estimator = get_estimator(name)
+        estimator = lab_estimator(name)
         for n_trajectories in sample_sizes:
             spec = validate_request(env, params, name, models[0] if estimator.needs_model else None,
                                     n_trajectories, horizon, n_estimates, options)
@@ -142,8 +151,13 @@ def estimator_quality(
             for index, (value, model) in enumerate(zip(model_errors, models)):
                 if progress:
                     progress(f"{name} N={n_trajectories} {error_kind}={value:g}")
-                population = truth if not estimator.needs_model else exact_gradient(
-                    env, params, population_kind(name), model)
+                if isinstance(estimator, AutoEstimator):  # a data-dependent mix: no closed-form population value
+                    population = np.full_like(truth, np.nan)
+                elif getattr(estimator, "fitted", None) is not None:  # the model is fitted inside each draw
+                    population = fitted_population(env, params, estimator.fitted, horizon, options)
+                else:
+                    population = truth if not estimator.needs_model else exact_gradient(
+                        env, params, population_kind(name), model)
                 if cached is None or estimator.needs_model:
                     used_model = model if estimator.needs_model else None
                     if run is None:

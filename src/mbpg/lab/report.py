@@ -19,8 +19,8 @@ FIGURES = {
 }
 # One colour per estimator across every figure; line style tells the gradient type.
 COLOURS = {"reinforce": "#9e9e9e", "gpomdp": "#424242", "fmg": "#d62728", "mvg-mc": "#1f77b4",
-           "mvg-dp": "#17becf", "mvg-td": "#2ca02c", "svg": "#9467bd"}
-STYLES = {"MFG": ":", "FMG": "--", "MVG": "-"}
+           "mvg-dp": "#17becf", "mvg-td": "#2ca02c", "svg": "#9467bd", "auto": "#ff7f0e"}
+STYLES = {"MFG": ":", "FMG": "--", "MVG": "-", "AUTO": "-."}  # AUTO: the adaptive selector (mbpg.lab.selector)
 
 
 def write_csv(rows: Sequence[QualityRow], path: Path) -> None:

@@ -16,10 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mbpg.gradients import EstimatorOptions, get_estimator
+from mbpg.gradients import EstimatorOptions
 from mbpg.lab.quality import QualityRow, best_per_point, estimator_quality
 from mbpg.lab.report import draw_figures, write_csv, write_report
 from mbpg.lab.scenarios import DEFAULT_SCENARIO, SCENARIOS, get_scenario
+from mbpg.lab.selector import lab_estimator
 
 
 @dataclasses.dataclass
@@ -28,9 +29,11 @@ class LabConfig:
     number of trajectories vary. Unset grid options take the scenario's defaults."""
 
     scenario: str = DEFAULT_SCENARIO
-    """Scenario: gridworld, gridworld-learned, gridworld-adversarial, chain, garnet, lqr, lqr-learned."""
+    """Scenario: gridworld, gridworld-learned, gridworld-adversarial, chain, garnet, lqr, lqr-learned,
+    gridworld-two-area."""
     estimators: tuple[str, ...] | None = None
-    """Estimators to compare (reinforce, gpomdp, fmg, mvg-mc, mvg-dp, mvg-td, svg)."""
+    """Estimators to compare (reinforce, gpomdp, fmg, mvg-mc, mvg-dp, mvg-td, svg, uim, gamps, gamps-ml), or
+    auto: the adaptive selector's mix of gpomdp, mvg-dp and fmg (auto:A+B+C picks the candidates, MFG first)."""
     error_kind: Literal["dial", "adversarial", "learned"] | None = None
     """How the model is wrong: a mixture/perturbation dial, an adversarial mixture, or learned from samples."""
     model_errors: tuple[float, ...] | None = None
@@ -66,7 +69,7 @@ class LabConfig:
             n_estimates=chosen(self.n_estimates, scenario.n_estimates),
         )
         for name in grid["estimators"]:
-            get_estimator(name)
+            lab_estimator(name)  # registry names, or the selector "auto"
         for name in ("estimators", "model_errors", "sample_sizes"):
             if not grid[name]:
                 raise ValueError(f"--{name.replace('_', '-')} needs at least one value.")
@@ -104,7 +107,8 @@ def run_lab(config: LabConfig, console: Console | None = None) -> Path:
         rows = estimator_quality(
             env, params, settings["estimators"], settings["model_errors"], settings["sample_sizes"],
             error_kind=settings["error_kind"], n_estimates=settings["n_estimates"], horizon=settings["horizon"],
-            seed=settings["seed"], options=EstimatorOptions(baseline=config.baseline, n_rollouts=config.n_rollouts),
+            seed=settings["seed"], options=EstimatorOptions(baseline=config.baseline, n_rollouts=config.n_rollouts,
+                                     model_class=scenario.model_class),
             progress=advance,
         )
     elapsed = time.perf_counter() - started

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpg.gradients import EstimatorOptions, check_estimator_inputs, draw_gradient, get_estimator
+from mbpg.gradients import EstimatorOptions, check_estimator_inputs, draw_gradient
 from mbpg.lab.exact import check_params
+from mbpg.lab.selector import AutoEstimator, lab_estimator
 from mbpg.policies import policy_for
 from mbpg.values import effective_horizon
 
@@ -21,8 +22,11 @@ MAX_PARALLEL_STEPS = 4_000_000
 @functools.partial(jax.jit, static_argnames=("estimator", "policy", "n_trajectories", "horizon", "n_estimates",
                                               "options", "batch_size"))
 def _draws(env, model, params, key, *, estimator, policy, n_trajectories, horizon, n_estimates, options, batch_size):
+    # The selector ("auto") is drawn like a registry estimator; see mbpg.lab.selector.AutoEstimator.
+    draw = estimator.draw if isinstance(estimator, AutoEstimator) else functools.partial(draw_gradient, estimator)
+
     def one(key):
-        return draw_gradient(estimator, env, model, policy, params, key, n_trajectories, horizon, options)
+        return draw(env, model, policy, params, key, n_trajectories, horizon, options)
 
     return jax.lax.map(one, jax.random.split(key, n_estimates), batch_size=batch_size)
 
@@ -39,7 +43,7 @@ class SamplerSpec:
 
 
 def _static_arguments(env, spec: SamplerSpec) -> dict:
-    estimator = get_estimator(spec.estimator)
+    estimator = lab_estimator(spec.estimator)
     steps = spec.n_trajectories * spec.horizon
     if estimator.q_source == "model-rollouts":
         steps *= spec.options.n_rollouts * (spec.options.rollout_horizon or spec.horizon)
@@ -76,7 +80,8 @@ def sample_gradients(
     """`n_estimates` independent draws of a named estimator, array [n_estimates, *params.shape].
 
     Each draw uses `n_trajectories` fresh trajectories of length `horizon` (default: gamma^H <= 1e-3).
-    Estimators: see `mbpg.gradients.ESTIMATORS`; the model-based ones need `model`.
+    Estimators: see `mbpg.gradients.ESTIMATORS`; the model-based ones need `model`. "auto" is the adaptive
+    selector over gpomdp, mvg-dp and fmg (`mbpg.lab.selector`; needs n_trajectories >= 2).
     """
     spec = validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options)
     static = _static_arguments(env, spec)
@@ -86,7 +91,8 @@ def sample_gradients(
 
 def validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options) -> SamplerSpec:
     check_params(env, params)
-    check_estimator_inputs(get_estimator(estimator), env, model)
+    resolved = lab_estimator(estimator)
+    check_estimator_inputs(resolved, env, model)
     horizon = effective_horizon(env.gamma) if horizon is None else horizon
     for name, value in (("n_trajectories", n_trajectories), ("horizon", horizon), ("n_estimates", n_estimates)):
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -94,4 +100,7 @@ def validate_request(env, params, estimator, model, n_trajectories, horizon, n_e
     options = options or EstimatorOptions()
     if options.baseline != "none" and n_trajectories < 2:
         raise ValueError(f"baseline={options.baseline!r} needs n_trajectories >= 2 (it is leave-one-out).")
+    if isinstance(resolved, AutoEstimator) and n_trajectories < 2:
+        raise ValueError(f"{estimator!r} estimates variances across the trajectories of one estimate and needs "
+                         f"n_trajectories >= 2; got {n_trajectories}.")
     return SamplerSpec(estimator, int(n_trajectories), int(horizon), int(n_estimates), options)

@@ -146,9 +146,9 @@ class DisplacementModel:
     def fit_counts(self, counts, iterations: int = 500, tolerance: float = 1e-10) -> np.ndarray:
         """The same fit from weighted transition counts C[s, a, s'] (also: expected counts, for population fits).
 
-        EM: responsibilities r[s, a, s', k] proportional to q[a, k] E[s, k, s'], then q[a, k] proportional to
-        sum C r. The objective is concave in q, so the fixed point is the global maximum; actions without data
-        keep the uniform distribution.
+        Host entry: checks that every counted transition is one displacement away, then runs `fit_counts_jax` in
+        float64 (the fixed point is compared to 1e-10). The objective is concave in q, so EM's fixed point is
+        the global maximum; actions without data keep the uniform distribution.
         """
         counts = np.asarray(counts, np.float64).copy()
         indicator = self.indicator()
@@ -160,19 +160,56 @@ class DisplacementModel:
             s, a, t = np.argwhere((counts > 0) & ~explained)[0]
             raise ValueError(f"transition {s} -> {t} (action {a}) is not one displacement away: the displacement "
                              "model cannot explain it. List such cells (e.g. a goal that resets) in `fixed`.")
-        q = np.full((counts.shape[1], len(DISPLACEMENTS)), 1.0 / len(DISPLACEMENTS))
-        for _ in range(iterations):
-            joint = np.einsum("ak,skt->satk", q, indicator)  # [S, A, S', K]
-            totals = joint.sum(-1, keepdims=True)
-            responsibilities = np.where(totals > 0, joint / np.where(totals > 0, totals, 1.0), 0.0)
-            mass = np.einsum("sat,satk->ak", counts, responsibilities)
+        with jax.enable_x64(True):
+            return np.asarray(self.fit_counts_jax(jnp.asarray(counts), iterations, tolerance), np.float64)
+
+    def fit_counts_jax(self, counts, iterations: int = 500, tolerance: float = 1e-6) -> jax.Array:
+        """EM for q from counts C[s, a, s'] as a jittable, vmappable function (no input checks: counts of
+        transitions the class cannot explain are ignored). Used inside the `gamps` estimator's draw.
+
+        EM in the compact form: G[s, a, k] = C[s, a, target(s, k)] is the mass at the cell displacement k leads
+        to, P[s, a, k] = p_hat(target(s, k) | s, a) sums q over the displacements with the same target (borders
+        merge some), and the responsibility-weighted mass is q[a, k] sum_s G / P. Stops when q moves less than
+        `tolerance` or after `iterations` steps.
+        """
+        indicator = self.indicator()
+        same_target = np.einsum("skt,sjt->skj", indicator, indicator)  # [S, K, K]: k and j land on one cell
+        counts = jnp.asarray(counts)
+        counts = counts.at[np.asarray(self.fixed, np.int64)].set(0.0) if self.fixed else counts
+        at_targets = jnp.einsum("sat,skt->sak", counts, jnp.asarray(indicator, counts.dtype))
+        q0 = jnp.full((counts.shape[1], len(DISPLACEMENTS)), 1.0 / len(DISPLACEMENTS), counts.dtype)
+        same_target = jnp.asarray(same_target, counts.dtype)
+
+        def em_step(q):
+            target_probs = jnp.einsum("aj,skj->sak", q, same_target)
+            ratio = jnp.where(at_targets > 0, at_targets / jnp.where(target_probs > 0, target_probs, 1.0), 0.0)
+            mass = q * ratio.sum(0)
             row = mass.sum(-1, keepdims=True)
-            new_q = np.where(row > 0, mass / np.where(row > 0, row, 1.0), q)
-            converged = np.abs(new_q - q).max() < tolerance
-            q = new_q
-            if converged:
-                break
+            return jnp.where(row > 0, mass / jnp.where(row > 0, row, 1.0), q)
+
+        def keep_going(carry):
+            i, q, change = carry
+            return (i < iterations) & (change >= tolerance)
+
+        def body(carry):
+            i, q, _ = carry
+            new_q = em_step(q)
+            return i + 1, new_q, jnp.abs(new_q - q).max()
+
+        _, q, _ = jax.lax.while_loop(keep_going, body, (0, q0, jnp.asarray(jnp.inf, counts.dtype)))
         return q
+
+    def fit_mdp(self, reference: TabularMDP, counts) -> TabularMDP:
+        """Jittable: the fitted model as an MDP (the `TabularModelClass` protocol used inside estimator draws)."""
+        return self.to_mdp_jax(self.fit_counts_jax(counts), reference)
+
+    def to_mdp_jax(self, q, reference: TabularMDP) -> TabularMDP:
+        """`to_mdp` without checks, for traced q."""
+        transitions = jnp.einsum("ak,skt->sat", q, jnp.asarray(self.indicator(), q.dtype))
+        if self.fixed:
+            fixed = np.asarray(self.fixed, np.int64)
+            transitions = transitions.at[fixed].set(jnp.asarray(reference.transitions, q.dtype)[fixed])
+        return reference.replace(transitions=transitions)
 
     def log_likelihood(self, q, counts) -> float:
         """sum C[s, a, s'] log p_hat(s' | s, a) over the non-fixed cells."""
@@ -219,6 +256,25 @@ def fit_weighted_tabular(reference: TabularMDP, states, actions, next_states, we
     return reference.replace(transitions=transitions)
 
 
+@dataclasses.dataclass(frozen=True)
+class FullTabularModel:
+    """The full tabular class as a jittable model class: P[s, a] = weighted counts normalised, uniform where a
+    pair carries no weight. It contains every p, so GAMPS weights and unit weights fit the same model in the
+    limit; it is the control against which the weighting must not matter."""
+
+    def fit_mdp(self, reference: TabularMDP, counts) -> TabularMDP:
+        counts = jnp.asarray(counts)
+        totals = counts.sum(-1, keepdims=True)
+        transitions = jnp.where(totals > 0, counts / jnp.where(totals > 0, totals, 1.0), 1.0 / counts.shape[-1])
+        return reference.replace(transitions=transitions)
+
+
+def trajectory_counts(n_states: int, n_actions: int, states, actions, next_states, weights) -> jax.Array:
+    """C[s, a, s'] = sum of `weights` over the steps with that transition (jittable `weighted_counts`)."""
+    counts = jnp.zeros((n_states, n_actions, n_states), jnp.asarray(weights).dtype)
+    return counts.at[jnp.ravel(states), jnp.ravel(actions), jnp.ravel(next_states)].add(jnp.ravel(weights))
+
+
 # ----- continuous: linear-Gaussian by weighted least squares ------------------------------------------------------
 
 
@@ -250,9 +306,20 @@ def fit_linear_gaussian(states, actions, next_states, weights=None, ridge: float
     if weights.sum() <= 0:
         raise ValueError("all weights are zero: there is nothing to fit. Collect data with nonzero weight.")
     inputs = np.concatenate([states, actions, np.ones((n, 1))], axis=1)
-    gram = inputs.T @ (weights[:, None] * inputs) + ridge * np.eye(inputs.shape[1])
-    solution = np.linalg.solve(gram, inputs.T @ (weights[:, None] * next_states))
-    residuals = next_states - inputs @ solution
-    noise_cov = (weights[:, None] * residuals).T @ residuals / weights.sum()
+    with jax.enable_x64(True):
+        solution, noise_cov = (np.asarray(x, np.float64) for x in weighted_least_squares(
+            jnp.asarray(inputs), jnp.asarray(next_states), jnp.asarray(weights), ridge))
     d, m = states.shape[1], actions.shape[1]
-    return LinearGaussianModel(solution[:d].T, solution[d:d + m].T, solution[-1], 0.5 * (noise_cov + noise_cov.T))
+    return LinearGaussianModel(solution[:d].T, solution[d:d + m].T, solution[-1], noise_cov)
+
+
+def weighted_least_squares(inputs, targets, weights, ridge: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+    """Jittable core of the weighted Gaussian ML fit: W = argmin sum_i w_i ||y_i - W^T x_i||^2 (ridge-regularised
+    normal equations) and the weighted residual covariance. Shapes: inputs [n, p], targets [n, d], weights [n];
+    returns W [p, d] and the covariance [d, d]. Zero-weight rows (padding, ended episodes) drop out exactly."""
+    weighted = weights[:, None] * inputs
+    gram = inputs.T @ weighted + ridge * jnp.eye(inputs.shape[1], dtype=inputs.dtype)
+    solution = jnp.linalg.solve(gram, weighted.T @ targets)
+    residuals = targets - inputs @ solution
+    cov = (weights[:, None] * residuals).T @ residuals / jnp.maximum(weights.sum(), 1e-30)
+    return solution, 0.5 * (cov + cov.T)

@@ -83,6 +83,25 @@ def over_seeds(function, n_seeds: int):
     return single
 
 
+_COMPILED: dict[str, tuple[Callable, Callable]] = {}
+
+
+def _compiled(agent, env, identity: dict, settings: LoopSettings) -> tuple[Callable, Callable]:
+    """The jitted chunk and evaluation functions, shared by every run in this process with the same algorithm,
+    config, env id and seed count: a resumed or repeated run (a sweep, `compare`, the tests) then reuses the
+    compiled programs instead of compiling them again. An agent is a function of its config and env, so the
+    first agent's bound methods serve for later, equal ones."""
+    key = json.dumps({**identity, "seed": None, "eval_episodes": settings.eval_episodes,
+                      "class": f"{type(agent).__module__}.{type(agent).__qualname__}"}, sort_keys=True)
+    if key not in _COMPILED:
+        limit = episode_limit(env)
+        _COMPILED[key] = (eqx.filter_jit(over_seeds(agent.train_chunk, settings.n_seeds)),
+                          eqx.filter_jit(over_seeds(lambda s, k: evaluate(env, agent.act, s, k,
+                                                                          settings.eval_episodes, limit),
+                                                    settings.n_seeds)))
+    return _COMPILED[key]
+
+
 def _identity(agent, env_id: str, settings: LoopSettings) -> dict:
     """What must match for a checkpoint to be resumed by this run."""
     return {"algo": agent.name, "env": env_id, "seed": settings.seed, "n_seeds": settings.n_seeds,
@@ -122,10 +141,7 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
         def eval_fn(state, chunk):
             return driver.evaluate(first_seed(state), settings.eval_episodes, chunk)[None]
     else:
-        chunk_fn = eqx.filter_jit(over_seeds(agent.train_chunk, settings.n_seeds))
-        limit = episode_limit(env)
-        evaluate_seeds = eqx.filter_jit(over_seeds(
-            lambda s, k: evaluate(env, agent.act, s, k, settings.eval_episodes, limit), settings.n_seeds))
+        chunk_fn, evaluate_seeds = _compiled(agent, env, identity, settings)
 
         def eval_fn(state, chunk):
             return evaluate_seeds(state, jax.random.split(jax.random.fold_in(eval_root, chunk), settings.n_seeds))

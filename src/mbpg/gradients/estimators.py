@@ -119,10 +119,18 @@ def draw_gradient(estimator: Estimator, env, model, policy, params, key, n_traje
     key_paths, key_q = jax.random.split(key)
     d_env = model if estimator.d_source == "model" else env
     trajectories = sample_trajectories(d_env, policy, params, key_paths, n_trajectories, horizon)
-    gamma = env.gamma
     if estimator.form == "pathwise":
         return value_gradient(model, policy, params, trajectories, bootstrap=options.bootstrap)
 
+    weights, signal = score_signal(estimator, env, model, policy, params, trajectories, key_q, horizon, options)
+    return score_function_gradient(policy, params, trajectories, weights, signal)
+
+
+def score_signal(estimator: Estimator, env, model, policy, params, trajectories, key_q, horizon: int,
+                 options: EstimatorOptions = EstimatorOptions()):
+    """The score form's (per-step weights [H], signal [N, H]) for `trajectories`: the estimator's Q source with
+    its baseline subtracted. `draw_gradient` and the selector's per-trajectory contributions both build on it."""
+    gamma = env.gamma
     weights = discount_weights(horizon, gamma, trajectories.rewards.dtype)
     if estimator.q_source == "whole-return":
         signal, weights = q_sources.whole_return(trajectories, gamma), jnp.ones_like(weights)
@@ -142,4 +150,4 @@ def draw_gradient(estimator: Estimator, env, model, policy, params, key, n_traje
         raise AssertionError(estimator.q_source)
     n_states = env.n_states if isinstance(env, TabularMDP) else None
     signal = signal - q_sources.leave_one_out_baseline(options.baseline, signal, trajectories.states, n_states)
-    return score_function_gradient(policy, params, trajectories, weights, signal)
+    return weights, signal

@@ -27,10 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpg.envs import TabularMDP
 from mbpg.gradients import EstimatorOptions, get_estimator, sample_trajectories, score_function_gradient
-from mbpg.gradients import q_sources
-from mbpg.values import default_td_iterations, discount_weights
+from mbpg.gradients.estimators import score_signal
 
 
 class Selection(NamedTuple):
@@ -259,24 +257,9 @@ def score_contributions(estimator, env, model, policy, params, trajectories, key
     estimate from the same trajectories and keys. The Q signal is computed on the whole batch exactly as
     `draw_gradient` does (so leave-one-out baselines and mvg-td's critic see all N trajectories: their terms are
     then not independent, which the selector's covariance estimates assume; the default candidates avoid them)."""
-    gamma = env.gamma
-    weights = discount_weights(horizon, gamma, trajectories.rewards.dtype)
-    if estimator.q_source == "whole-return":
-        signal, weights = q_sources.whole_return(trajectories, gamma), jnp.ones_like(weights)
-    elif estimator.q_source == "return-to-go":
-        signal = q_sources.return_to_go(trajectories, gamma)
-    elif estimator.q_source == "model-rollouts":
-        signal = q_sources.model_rollout_q(trajectories, model, policy, params, key_q, options.n_rollouts,
-                                           options.rollout_horizon or horizon)
-    elif estimator.q_source == "model-exact":
-        signal = q_sources.model_exact_q(trajectories, model, params)
-    elif estimator.q_source == "model-td":
-        iterations = options.td_iterations or default_td_iterations(gamma, options.td_step_size)
-        signal = q_sources.model_td_q(trajectories, model, params, key_q, iterations, options.td_step_size)
-    else:
+    if estimator.form != "score":
         raise ValueError(f"{estimator.name!r} has no per-trajectory score-function decomposition here.")
-    n_states = env.n_states if isinstance(env, TabularMDP) else None
-    signal = signal - q_sources.leave_one_out_baseline(options.baseline, signal, trajectories.states, n_states)
+    weights, signal = score_signal(estimator, env, model, policy, params, trajectories, key_q, horizon, options)
 
     def one(trajectory, trajectory_signal):
         single = jax.tree.map(lambda x: x[None], trajectory)

@@ -33,7 +33,7 @@ import optax
 from mbpg.algos.mbpo import known_model_functions
 from mbpg.algos.on_policy import collect, finished_episode_return, is_host_env, make_policy, reset_envs
 from mbpg.algos.spaces import env_spec
-from mbpg.algos.trpo import TRPO, TRPOConfig, TRPOState
+from mbpg.algos.trpo import TRPO, TRPOConfig, TRPOState, TrustRegionSettings
 from mbpg.envs import autoreset
 from mbpg.models.deterministic import (
     DeterministicEnsemble,
@@ -121,12 +121,8 @@ class ModelTRPOAgent:
         self.steps_per_chunk = config.n_envs * config.n_steps
         self.buffer_segments = max(config.buffer_size // config.n_steps, config.n_envs)
         # TRPO's own update, applied to imagined rollouts; its n_envs/n_steps are the imagined batch's shape.
-        self.trpo = TRPO(TRPOConfig(n_envs=config.imagined_envs, n_steps=self.horizon, max_kl=config.max_kl,
-                                    cg_iterations=config.cg_iterations, damping=config.damping,
-                                    backtrack_ratio=config.backtrack_ratio, max_backtracks=config.max_backtracks,
-                                    gamma=config.gamma, gae_lambda=config.gae_lambda,
-                                    value_learning_rate=config.value_learning_rate, value_epochs=config.value_epochs,
-                                    value_minibatches=config.value_minibatches, hidden=config.hidden), env)
+        self.trpo = TRPO(TRPOConfig(n_envs=config.imagined_envs, n_steps=self.horizon,
+                                    **config.trust_region_settings()), env)
 
     # -- pieces ------------------------------------------------------------------------------------------------
 
@@ -188,7 +184,21 @@ class ModelTRPOAgent:
 
 
 @dataclasses.dataclass(frozen=True)
-class METRPOConfig:
+class ImaginedTRPOSettings(TrustRegionSettings):
+    """TRPO's options as ME-TRPO and SLBO use them on imagined rollouts, plus the imagined batch's shape."""
+
+    gamma: float = 0.99
+    """Discount of the imagined returns."""
+    value_epochs: int = 5
+    """Passes of value regression per TRPO iteration."""
+    imagined_envs: int = 32
+    """Imagined episodes per TRPO iteration."""
+    imagined_horizon: int = 0
+    """Length of each imagined episode; 0 means the task's episode length (200 on Pendulum-v1)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class METRPOConfig(ImaginedTRPOSettings):
     # real data
     n_envs: int = 3
     """Real environments stepped in parallel; each one's steps in an iteration form one trajectory segment of the
@@ -216,10 +226,6 @@ class METRPOConfig:
     model_patience: int = 5
     """Stop a refit after this many epochs without any member improving its validation loss."""
     # policy optimisation inside the model
-    imagined_envs: int = 32
-    """Imagined episodes per TRPO iteration."""
-    imagined_horizon: int = 0
-    """Length of each imagined episode; 0 means the task's episode length (200 on Pendulum-v1)."""
     policy_iterations: int = 40
     """Most TRPO iterations per outer iteration."""
     validate_every: int = 5
@@ -228,28 +234,6 @@ class METRPOConfig:
     """Real initial states the validation returns are averaged over (fixed within an outer iteration)."""
     improvement_threshold: float = 0.7
     """Keep optimising while at least this share of members sees the validation return improve (ME-TRPO's 70%)."""
-    max_kl: float = 0.01
-    """Trust-region radius of each TRPO step."""
-    cg_iterations: int = 10
-    """Conjugate-gradient iterations."""
-    damping: float = 0.1
-    """Fisher damping."""
-    backtrack_ratio: float = 0.8
-    """Line-search shrink factor."""
-    max_backtracks: int = 10
-    """Line-search tries."""
-    gamma: float = 0.99
-    """Discount of the imagined returns."""
-    gae_lambda: float = 0.95
-    """GAE(lambda) on imagined rollouts."""
-    value_learning_rate: float = 1e-3
-    """Adam step size of the value network."""
-    value_epochs: int = 5
-    """Passes of value regression per TRPO iteration."""
-    value_minibatches: int = 16
-    """Minibatches per value pass."""
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden widths of policy and value networks."""
 
 
 class METRPOState(eqx.Module):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mbpg.algos.metrpo import ModelTRPOAgent
+from mbpg.algos.metrpo import ImaginedTRPOSettings, ModelTRPOAgent
 from mbpg.envs import autoreset
 from mbpg.models.deterministic import (
     DeterministicEnsemble,
@@ -40,7 +40,7 @@ from mbpg.values import ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
-class SLBOConfig:
+class SLBOConfig(ImaginedTRPOSettings):
     # real data
     n_envs: int = 2
     """Real environments stepped in parallel."""
@@ -77,32 +77,6 @@ class SLBOConfig:
     """Rounds of {model steps, TRPO steps} per stage (SLBO's 20, on 10^4 real steps per stage)."""
     policy_iterations: int = 8
     """TRPO iterations in the model per alternation (SLBO's 40)."""
-    imagined_envs: int = 32
-    """Imagined episodes per TRPO iteration."""
-    imagined_horizon: int = 0
-    """Length of each imagined episode; 0 means the task's episode length (200 on Pendulum-v1)."""
-    max_kl: float = 0.01
-    """Trust-region radius of each TRPO step."""
-    cg_iterations: int = 10
-    """Conjugate-gradient iterations."""
-    damping: float = 0.1
-    """Fisher damping."""
-    backtrack_ratio: float = 0.8
-    """Line-search shrink factor."""
-    max_backtracks: int = 10
-    """Line-search tries."""
-    gamma: float = 0.99
-    """Discount of the imagined returns."""
-    gae_lambda: float = 0.95
-    """GAE(lambda) on imagined rollouts."""
-    value_learning_rate: float = 1e-3
-    """Adam step size of the value network."""
-    value_epochs: int = 5
-    """Passes of value regression per TRPO iteration."""
-    value_minibatches: int = 16
-    """Minibatches per value pass."""
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden widths of policy and value networks."""
 
 
 class SLBOState(eqx.Module):

@@ -20,11 +20,10 @@ from mbpg.values import ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
-class TRPOConfig:
-    n_envs: int = 8
-    """Environments stepped in parallel (per seed)."""
-    n_steps: int = 256
-    """Steps per environment per update."""
+class TrustRegionSettings:
+    """The options of TRPO's update (trust-region step, GAE, value regression). TRPO and the agents that run the
+    same update on imagined rollouts (ME-TRPO, SLBO) share them."""
+
     max_kl: float = 0.01
     """Trust-region radius: mean KL(pi_old || pi_new) allowed per update."""
     cg_iterations: int = 10
@@ -47,6 +46,18 @@ class TRPOConfig:
     """Minibatches per value pass."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden widths."""
+
+    def trust_region_settings(self) -> dict:
+        """These options as keyword arguments, e.g. to build a TRPOConfig from a subclass's config."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(TrustRegionSettings)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TRPOConfig(TrustRegionSettings):
+    n_envs: int = 8
+    """Environments stepped in parallel (per seed)."""
+    n_steps: int = 256
+    """Steps per environment per update."""
 
 
 class TRPOState(eqx.Module):

@@ -52,7 +52,7 @@ def main() -> None:
         start = time.perf_counter()
         run_training(algo, parsed, console=Console(quiet=True))
         seconds = time.perf_counter() - start
-        returns = final_returns(out / "metrics.csv", steps)
+        _, returns = final_returns(out / "metrics.csv")
         passed = sum(r >= threshold for r in returns)
         table.add_row(algo, env, f"{steps:,}", ", ".join(f"{r:.1f}" for r in returns), f">= {threshold:g}",
                       f"{passed}/{len(returns)} ({'ok' if passed >= min(needed, len(returns)) else 'FAIL'})",
@@ -61,13 +61,14 @@ def main() -> None:
     console.print(table)
 
 
-def final_returns(metrics_path: Path, steps: int) -> list[float]:
+def final_returns(metrics_path: Path) -> tuple[int, list[float]]:
+    """(step, per-seed returns) of a run's last evaluation; the learning benchmarks all judge this one."""
     import csv
 
     with open(metrics_path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["eval_return"]]
     last = max(int(r["step"]) for r in rows)
-    return [float(r["eval_return"]) for r in rows if int(r["step"]) == last]
+    return last, [float(r["eval_return"]) for r in rows if int(r["step"]) == last]
 
 
 if __name__ == "__main__":

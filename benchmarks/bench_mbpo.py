@@ -17,26 +17,19 @@ inverted-pendulum setting is expressible too: `-- --updates-per-step 10 --rollou
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from bench_learning import final_returns
 from mbpg.train.plot import PlotArgs, plot
 from mbpg.train.run import parse_train, run_training
 
 THRESHOLD, NEEDED, STEPS = -200.0, 4, 3000
 SETTING = ["--hidden", "64", "64", "--model-hidden", "128", "128", "128", "--updates-per-step", "10",
            "--rollouts-per-step", "100", "--random-steps", "250"]
-
-
-def final_returns(metrics_path: Path) -> tuple[int, list[float]]:
-    with open(metrics_path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["eval_return"]]
-    last = max(int(r["step"]) for r in rows)
-    return last, [float(r["eval_return"]) for r in rows if int(r["step"]) == last]
 
 
 def main() -> None:

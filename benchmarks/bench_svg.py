@@ -16,19 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench_learning import final_returns
 from mbpg.train.plot import PlotArgs, plot
 from mbpg.train.run import parse_train, run_training
 
 THRESHOLD = -250.0
-
-
-def final_returns(metrics_path: Path) -> list[float]:
-    import csv
-
-    with open(metrics_path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["eval_return"]]
-    last = max(int(r["step"]) for r in rows)
-    return [float(r["eval_return"]) for r in rows if int(r["step"]) == last]
 
 
 def main() -> None:
@@ -47,7 +39,7 @@ def main() -> None:
     start = time.perf_counter()
     run_training("svg1", parsed, console=Console(quiet=True))
     seconds = time.perf_counter() - start
-    returns = final_returns(out / "metrics.csv")
+    _, returns = final_returns(out / "metrics.csv")
     passed = sum(r >= THRESHOLD for r in returns)
     table = Table(title=f"SVG(1) on Pendulum-v1: final deterministic evaluation (10 episodes), {args.seeds} seeds")
     for column in ("steps", "returns per seed", "threshold", "passed", "wall-clock"):

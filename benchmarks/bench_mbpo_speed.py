@@ -74,7 +74,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench_sb3 import EVAL_EPISODES, SPEED_TARGET, short_path
+from bench_sb3 import EVAL_EPISODES, SPEED_TARGET, ensure_venv, run_driver, short_path
 from mbrl_driver import CONFIG_FILES, PENDULUM_CHANGES
 
 HERE = Path(__file__).resolve().parent
@@ -95,7 +94,6 @@ PINS = ("torch==2.13.0", "numpy==1.26.4", "gymnasium==0.26.3", "hydra-core==1.3.
 """The mbrl-lib side's requirements. torch stays pinned: an unpinned torch would resolve to a multi-GB CUDA build."""
 NO_DEPS = ("mbrl==0.2.0",)
 """Installed with --no-deps (its own requirements pin hydra-core==1.0.3, which fails on Python 3.11)."""
-STAMP = VENV / ".installed"
 ENV_ID = "Pendulum-v1"
 
 # mbrl-lib setting (mbrl_driver.settings_dict) -> mbpg MBPOConfig option. Settings absent here have no option in
@@ -137,42 +135,6 @@ KNOWN_DIFFERENCES = (
     "episode ends; mbpg's epoch_length (rollout schedule and model-buffer size only) is set to 250 so that its "
     "model buffer holds one fit's 100,000 rollouts, as mbrl's does",
 )
-
-
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
-
-
-def ensure_venv(console: Console, base_python: str) -> None:
-    """Create benchmarks/.venv-mbrl with PINS, then NO_DEPS without dependencies, unless already there."""
-    wanted = "\n".join(PINS) + "\n--no-deps " + " ".join(NO_DEPS) + "\n"
-    where = VENV.relative_to(HERE.parent)
-    if STAMP.exists() and STAMP.read_text() == wanted and venv_python().exists():
-        console.print(f"mbrl-lib virtualenv: reusing {where} ({', '.join(PINS + NO_DEPS)})")
-        return
-    if not venv_python().exists():
-        console.print(f"mbrl-lib virtualenv: creating {where} with {base_python}")
-        subprocess.run([base_python, "-m", "venv", str(VENV)], check=True)
-    console.print(f"mbrl-lib virtualenv: pip install {' '.join(PINS)}; pip install --no-deps {' '.join(NO_DEPS)}")
-    start = time.perf_counter()
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", *PINS], check=True)
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS], check=True)
-    STAMP.write_text(wanted)
-    console.print(f"mbrl-lib virtualenv: installed in {time.perf_counter() - start:.0f} s")
-
-
-def run_driver(arguments: list[str], console: Console) -> tuple[dict, list[str]]:
-    command = [str(venv_python()), str(DRIVER), *arguments]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("PYTHONPATH", None)  # nothing of the main environment leaks into the mbrl-lib one
-    with tempfile.TemporaryDirectory(prefix="bench-mbrl-") as directory:  # mbrl writes logs to its cwd
-        completed = subprocess.run(command, env=env, cwd=directory, stdout=subprocess.PIPE, text=True)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode or not lines:
-        console.print(completed.stdout)
-        raise SystemExit(f"mbrl-lib driver failed (exit status {completed.returncode}): {shlex.join(command)}")
-    return json.loads(lines[-1]), command
 
 
 def mbpg_arguments(settings: dict, seed: int, out: Path) -> list[str]:
@@ -299,12 +261,12 @@ def main() -> None:
     if not console.is_terminal:
         console = Console(width=150)
     command = shlex.join([short_path(sys.executable), short_path(__file__), *sys.argv[1:]])
-    ensure_venv(console, shutil.which(args.python) or args.python)
+    python = ensure_venv(console, shutil.which(args.python) or args.python, VENV, PINS, NO_DEPS, "mbrl-lib")
 
     probe = ["--print-settings", "--steps", str(args.steps)]
     if args.initial_steps is not None:
         probe += ["--initial-steps", str(args.initial_steps)]
-    described, _ = run_driver(probe, console)
+    described, _ = run_driver(python, DRIVER, probe, console, "mbrl-lib", scratch_cwd=True)
     settings = described["settings"]
     every, epoch = settings["model_train_every"], settings["epoch_length"]
     unit = math.lcm(every, epoch)
@@ -336,7 +298,7 @@ def main() -> None:
             driver_args += ["--initial-steps", str(args.initial_steps)]
         console.print(f"[bold]mbrl-lib[/] MBPO {ENV_ID}, {settings['initial_exploration_steps']:,} exploration + "
                       f"{steps:,} training steps ...")
-        theirs, driver_command = run_driver(driver_args, console)
+        theirs, driver_command = run_driver(python, DRIVER, driver_args, console, "mbrl-lib", scratch_cwd=True)
         console.print(f"  mbrl-lib: {theirs['steady_steps_per_second']:.2f} steps/s steady "
                       f"({theirs['steady_steps']:,} steps in {theirs['steady_seconds']:.0f} s; "
                       f"{theirs['steady_steps_per_cpu_second']:.2f} per CPU-second of its one thread), "

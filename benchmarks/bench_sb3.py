@@ -55,43 +55,51 @@ VENV = HERE / ".venv-sb3"
 DRIVER = HERE / "sb3_driver.py"
 PINS = ("torch==2.13.0", "stable-baselines3==2.9.2", "gymnasium==1.4.0")
 """The SB3 side. torch stays pinned: an unpinned torch would resolve to a multi-GB CUDA build."""
-STAMP = VENV / ".installed"
 EVAL_EPISODES = 10
 SPEED_TARGET = 3.0
 CASES = {"sac": ("SAC", "Pendulum-v1"), "ppo": ("PPO", "CartPole-v1")}
 
 
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
-
-
-def ensure_venv(console: Console, base_python: str) -> None:
-    """Create benchmarks/.venv-sb3 with PINS unless it is already there with exactly these pins."""
-    wanted = "\n".join(PINS) + "\n"
-    if STAMP.exists() and STAMP.read_text() == wanted and venv_python().exists():
-        console.print(f"SB3 virtualenv: reusing {VENV.relative_to(HERE.parent)} ({', '.join(PINS)})")
-        return
-    if not venv_python().exists():
-        console.print(f"SB3 virtualenv: creating {VENV.relative_to(HERE.parent)} with {base_python}")
-        subprocess.run([base_python, "-m", "venv", str(VENV)], check=True)
-    console.print(f"SB3 virtualenv: pip install {' '.join(PINS)} (about 20 s from local wheels and the index)")
+def ensure_venv(console: Console, base_python: str, venv: Path = VENV, pins: tuple[str, ...] = PINS,
+                no_deps: tuple[str, ...] = (), label: str = "SB3") -> Path:
+    """Create `venv` with `pins` (then `no_deps` installed without their dependencies) unless it is already there
+    with exactly these; returns its python. Shared by every benchmark that runs a peer library in its own venv."""
+    python, stamp = venv / "bin" / "python", venv / ".installed"
+    wanted = "\n".join(pins) + ("\n--no-deps " + " ".join(no_deps) if no_deps else "") + "\n"
+    where = venv.relative_to(HERE.parent)
+    if stamp.exists() and stamp.read_text() == wanted and python.exists():
+        console.print(f"{label} virtualenv: reusing {where} ({', '.join(pins + no_deps)})")
+        return python
+    if not python.exists():
+        console.print(f"{label} virtualenv: creating {where} with {base_python}")
+        subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+    console.print(f"{label} virtualenv: pip install {' '.join(pins)}"
+                  + (f"; pip install --no-deps {' '.join(no_deps)}" if no_deps else ""))
     start = time.perf_counter()
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", *PINS], check=True)
-    STAMP.write_text(wanted)
-    console.print(f"SB3 virtualenv: installed in {time.perf_counter() - start:.0f} s")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+    if no_deps:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *no_deps], check=True)
+    stamp.write_text(wanted)
+    console.print(f"{label} virtualenv: installed in {time.perf_counter() - start:.0f} s")
+    return python
 
 
-def run_sb3(algo: str, steps: int, seed: int, console: Console) -> tuple[dict, list[str]]:
-    command = [str(venv_python()), str(DRIVER), "--algo", algo, "--steps", str(steps), "--seed", str(seed),
-               "--eval-episodes", str(EVAL_EPISODES)]
+def run_driver(python: Path, driver: Path, arguments: list[str], console: Console, label: str,
+               scratch_cwd: bool = False) -> tuple[dict, list[str]]:
+    """Run a peer library's driver in its venv with ONE thread and nothing of this environment on its path;
+    returns the JSON of its last `{...}` output line and the command. `scratch_cwd` runs it in a temporary
+    directory (for libraries that write logs to their working directory)."""
+    command = [str(python), str(driver), *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("PYTHONPATH", None)  # nothing of the main environment leaks into the SB3 one
-    completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    env.pop("PYTHONPATH", None)  # nothing of the main environment leaks into the peer's one
+    with tempfile.TemporaryDirectory(prefix="bench-driver-") as directory:
+        completed = subprocess.run(command, env=env, cwd=directory if scratch_cwd else None, stdout=subprocess.PIPE,
+                                   text=True)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     if completed.returncode or not lines:
         console.print(completed.stdout)
-        raise SystemExit(f"SB3 driver failed (exit status {completed.returncode}): {shlex.join(command)}")
+        raise SystemExit(f"{label} driver failed (exit status {completed.returncode}): {shlex.join(command)}")
     return json.loads(lines[-1]), command
 
 
@@ -161,7 +169,7 @@ def main() -> None:
             console.print(f"--{algo}-steps {asked:,} rounded up to {budgets[algo]:,} (whole mbpg chunks), "
                           "the budget of both sides")
     base_python = shutil.which(args.python) or args.python
-    ensure_venv(console, base_python)
+    python = ensure_venv(console, base_python)
 
     rows, sb3_versions = [], {}
     for algo, steps in budgets.items():
@@ -170,7 +178,9 @@ def main() -> None:
         ours = run_mbpg(algo, env_id, steps, args.seed)
         console.print(f"  mbpg: {ours['steps_per_second']:,.0f} steps/s steady, {ours['end_to_end_seconds']:.1f} s "
                       f"end to end (first chunk, with compilation: {ours['first_chunk_seconds']:.1f} s); SB3 ...")
-        theirs, sb3_command = run_sb3(algo, steps, args.seed, console)
+        theirs, sb3_command = run_driver(python, DRIVER, ["--algo", algo, "--steps", str(steps), "--seed",
+                                                          str(args.seed), "--eval-episodes", str(EVAL_EPISODES)],
+                                         console, "SB3")
         console.print(f"  SB3:  {theirs['steps_per_second']:,.0f} steps/s, {theirs['learn_seconds']:.1f} s in learn"
                       f"  [dim]({shlex.join(sb3_command)})[/]")
         sb3_versions = theirs["versions"]

@@ -8,37 +8,35 @@ from __future__ import annotations
 import difflib
 
 
+# name -> (module, Config class, Agent class, gradient type). Modules are imported on first use, so that the CLI
+# starts without importing every algorithm.
+_TABLE = {
+    "reinforce": ("reinforce", "ReinforceConfig", "Reinforce", "MFG"),
+    "ppo": ("ppo", "PPOConfig", "PPO", "MFG"),
+    "trpo": ("trpo", "TRPOConfig", "TRPO", "MFG"),
+    "sac": ("sac", "SACConfig", "SAC", "MFG"),
+    "mbpo": ("mbpo", "MBPOConfig", "MBPO", "MVG"),
+    "metrpo": ("metrpo", "METRPOConfig", "METRPO", "FMG"),
+    "slbo": ("slbo", "SLBOConfig", "SLBO", "FMG"),
+    "mbpg-tabular": ("mbpg_tabular", "MBPGConfig", "MBPG", "FMG"),
+    "svg0": ("svg", "SVG0Config", "SVG0", "MFG"),
+    "svg1": ("svg", "SVG1Config", "SVG1", "MVG"),
+    "svginf": ("svg", "SVGInfConfig", "SVGInf", "MVG"),
+    "apois": ("pois", "APOISConfig", "APOIS", "MFG"),
+    "ppois": ("pois", "POISConfig", "PPOIS", "MFG"),
+}
+
+ALGORITHMS = tuple(_TABLE)
+
+
 def _registry():
-    from mbpg.algos.mbpg_tabular import MBPG, MBPGConfig
-    from mbpg.algos.mbpo import MBPO, MBPOConfig
-    from mbpg.algos.metrpo import METRPO, METRPOConfig
-    from mbpg.algos.pois import APOIS, PPOIS, APOISConfig, POISConfig
-    from mbpg.algos.ppo import PPO, PPOConfig
-    from mbpg.algos.reinforce import Reinforce, ReinforceConfig
-    from mbpg.algos.sac import SAC, SACConfig
-    from mbpg.algos.slbo import SLBO, SLBOConfig
-    from mbpg.algos.svg import SVG0, SVG1, SVG0Config, SVG1Config, SVGInf, SVGInfConfig
-    from mbpg.algos.trpo import TRPO, TRPOConfig
+    import importlib
 
-    return {
-        "reinforce": (ReinforceConfig, Reinforce, "MFG"),
-        "ppo": (PPOConfig, PPO, "MFG"),
-        "trpo": (TRPOConfig, TRPO, "MFG"),
-        "sac": (SACConfig, SAC, "MFG"),
-        "mbpo": (MBPOConfig, MBPO, "MVG"),
-        "metrpo": (METRPOConfig, METRPO, "FMG"),
-        "slbo": (SLBOConfig, SLBO, "FMG"),
-        "mbpg-tabular": (MBPGConfig, MBPG, "FMG"),
-        "svg0": (SVG0Config, SVG0, "MFG"),
-        "svg1": (SVG1Config, SVG1, "MVG"),
-        "svginf": (SVGInfConfig, SVGInf, "MVG"),
-        "apois": (APOISConfig, APOIS, "MFG"),
-        "ppois": (POISConfig, PPOIS, "MFG"),
-    }
-
-
-ALGORITHMS = ("reinforce", "ppo", "trpo", "sac", "apois", "ppois", "svg0", "svg1", "svginf", "mbpo", "metrpo",
-              "slbo", "mbpg-tabular")
+    registry = {}
+    for name, (module_name, config_name, agent_name, gradient_type) in _TABLE.items():
+        module = importlib.import_module(f"mbpg.algos.{module_name}")
+        registry[name] = (getattr(module, config_name), getattr(module, agent_name), gradient_type)
+    return registry
 
 
 def get_algorithm(name: str):

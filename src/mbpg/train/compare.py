@@ -16,8 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mbpg.train.checkpoint import CheckpointError, read_metadata
-from mbpg.train.loop import CHECKPOINT_NAME
+from mbpg.train.loop import CHECKPOINT_NAME, run_reached
 from mbpg.train.plot import PlotArgs, draw_curves, interquartile_mean, load_curves
 
 GRADIENT_TYPES = ("MFG", "FMG", "MVG")
@@ -73,13 +72,6 @@ def parse_algo_options(entries, algos: list[str]) -> dict[str, list[str]]:
     return options
 
 
-def _finished(run: Path, steps: int) -> bool:
-    try:
-        return read_metadata(run / CHECKPOINT_NAME)["steps"] >= steps
-    except CheckpointError:
-        return False
-
-
 def return_at_budget(steps: np.ndarray, values: np.ndarray, budget: int) -> np.ndarray | None:
     """Per-seed return at the last evaluation at or before `budget` (None if none was made by then)."""
     index = np.searchsorted(steps, budget, side="right") - 1
@@ -104,7 +96,7 @@ def run_compare(args: CompareArgs, console: Console | None = None) -> Path:
     for algo in algos:
         run = args.out / algo
         runs[algo] = run
-        if _finished(run, args.steps):
+        if run_reached(run, args.steps):
             console.print(f"{algo}: {run} already reached {args.steps:,} steps, reusing it")
             continue
         resume = (run / CHECKPOINT_NAME).exists()

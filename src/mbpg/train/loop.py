@@ -26,7 +26,7 @@ import numpy as np
 
 from mbpg.envs.autoreset import episode_limit, evaluate
 from mbpg.envs.gym_adapter import GymnasiumEnv
-from mbpg.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from mbpg.train.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from mbpg.train.host import HostDriver
 from mbpg.train.logger import RunLogger
 
@@ -81,6 +81,15 @@ def over_seeds(function, n_seeds: int):
         return with_seed_axis(function(*(first_seed(a) for a in args)))
 
     return single
+
+
+def run_reached(run_dir: Path, steps: int) -> bool:
+    """Whether the run in `run_dir` has a valid checkpoint at `steps` env steps or more (a finished run that
+    `compare` and `sweep` reuse instead of training again)."""
+    try:
+        return read_metadata(Path(run_dir) / CHECKPOINT_NAME)["steps"] >= steps
+    except CheckpointError:
+        return False
 
 
 _COMPILED: dict[str, tuple[Callable, Callable]] = {}

@@ -34,8 +34,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mbpg.train.checkpoint import CheckpointError, read_metadata
-from mbpg.train.loop import CHECKPOINT_NAME
+from mbpg.train.loop import CHECKPOINT_NAME, run_reached
 
 RESULTS = "results.csv"
 SPEC_KEYS = ("algos", "envs", "seeds", "steps", "eval_every", "eval_episodes", "options", "grid")
@@ -176,13 +175,6 @@ def _final_return(run_dir: Path) -> float | None:
     return float(rows[-1]["eval_return"]) if rows else None
 
 
-def _reached(run_dir: Path, steps: int) -> bool:
-    try:
-        return read_metadata(run_dir / CHECKPOINT_NAME)["steps"] >= steps
-    except CheckpointError:
-        return False
-
-
 def run_trial(trial: Trial, out: Path) -> dict:
     """Train one trial (resuming a killed one); never raises: a failure is a row with its error."""
     from mbpg.train.run import parse_train, run_training
@@ -192,7 +184,7 @@ def run_trial(trial: Trial, out: Path) -> dict:
            "options": shlex.join(trial.options), "run_dir": str(run_dir), "steps": trial.steps}
     started = time.perf_counter()
     try:
-        if not _reached(run_dir, trial.steps):
+        if not run_reached(run_dir, trial.steps):
             argv = trial.argv(run_dir) + (["--resume"] if (run_dir / CHECKPOINT_NAME).exists() else [])
             run_training(trial.algo, parse_train(trial.algo, argv), console=Console(quiet=True))
         return {**row, "status": "finished", "eval_return": _final_return(run_dir),
@@ -264,7 +256,7 @@ def run_sweep(args: SweepArgs, console: Console | None = None) -> Path:
     trials = expand_trials(load_spec(args.spec))
     rows = read_results(args.out)
     todo = [t for t in trials if not (rows.get(t.id, {}).get("status") == "finished"
-                                      and _reached(Path(args.out) / "trials" / t.id, t.steps))]
+                                      and run_reached(Path(args.out) / "trials" / t.id, t.steps))]
     console.print(f"[bold]mbpg sweep[/] {args.spec}: {len(trials)} trials, {len(trials) - len(todo)} already "
                   f"finished, {len(todo)} to run {'on Ray at ' + args.ray if args.ray else 'in-process'}")
     if args.ray:

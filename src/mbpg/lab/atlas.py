@@ -13,7 +13,6 @@ dominates the mean by the scale of its rewards.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -30,6 +29,7 @@ import numpy as np
 from mbpg import envs
 from mbpg.envs import LQR
 from mbpg.lab.exact import UnstableGainWarning, exact_gradient
+from mbpg.lab import report
 from mbpg.lab.quality import _stable_hash, make_model, model_distance, summarise_draws
 from mbpg.lab.scenarios import _half_optimal_gain, _random_logits
 from mbpg.lab.selector import AutoEstimator, select_gradient
@@ -267,19 +267,11 @@ def summarise(rows: Sequence[AtlasRow]) -> dict:
 
 
 def write_csv(rows: Sequence[AtlasRow], path: Path) -> None:
-    fields = [f.name for f in dataclasses.fields(AtlasRow)]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(dataclasses.asdict(row))
+    report.write_csv(rows, path, AtlasRow)
 
 
 def read_csv(path: Path) -> list[AtlasRow]:
-    casts = {"str": str, "int": int, "float": float}
-    types = {f.name: casts[f.type] for f in dataclasses.fields(AtlasRow)}
-    with open(path, newline="") as handle:
-        return [AtlasRow(**{k: types[k](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+    return report.read_csv(path, AtlasRow)
 
 
 def _row_label(key: tuple) -> str:

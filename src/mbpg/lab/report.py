@@ -23,8 +23,9 @@ COLOURS = {"reinforce": "#9e9e9e", "gpomdp": "#424242", "fmg": "#d62728", "mvg-m
 STYLES = {"MFG": ":", "FMG": "--", "MVG": "-", "AUTO": "-."}  # AUTO: the adaptive selector (mbpg.lab.selector)
 
 
-def write_csv(rows: Sequence[QualityRow], path: Path) -> None:
-    fields = [f.name for f in dataclasses.fields(QualityRow)]
+def write_csv(rows: Sequence, path: Path, row_class: type = QualityRow) -> None:
+    """Rows of a flat dataclass (QualityRow, the atlas's AtlasRow) as a CSV with one column per field."""
+    fields = [f.name for f in dataclasses.fields(row_class)]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -32,11 +33,12 @@ def write_csv(rows: Sequence[QualityRow], path: Path) -> None:
             writer.writerow(dataclasses.asdict(row))
 
 
-def read_csv(path: Path) -> list[QualityRow]:
-    types = {f.name: f.type for f in dataclasses.fields(QualityRow)}
+def read_csv(path: Path, row_class: type = QualityRow) -> list:
+    """The inverse of `write_csv` (fields annotated str, int or float)."""
     casts = {"str": str, "int": int, "float": float}
+    types = {f.name: casts[f.type] for f in dataclasses.fields(row_class)}
     with open(path, newline="") as handle:
-        return [QualityRow(**{k: casts[types[k]](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+        return [row_class(**{k: types[k](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
 
 
 def _axis_values(rows, attribute):

@@ -94,6 +94,24 @@ def test_select_gradient_takes_pytrees_and_composes_with_jit_and_vmap():
         np.testing.assert_allclose(np.concatenate([gradient["a"], gradient["b"].reshape(-1)]), mixed, atol=1e-5)
 
 
+def test_cross_fitted_weights_of_each_half_come_from_the_other_half():
+    from mbpg.gradients.selector import select_gradient_cross_fitted
+
+    flat, _ = synthetic(jax.random.key(4), 1, n=9)
+    flat = flat[0]  # [3, 9, P]: halves of 4 and 5 trajectories
+    gradient, selection = select_gradient_cross_fitted(flat, (False, False, True))
+    w_first = select_gradient(flat[:, :4], (False, False, True))[1].weights
+    w_second = select_gradient(flat[:, 4:], (False, False, True))[1].weights
+    expected = 0.5 * (w_second @ flat[:, :4].mean(1) + w_first @ flat[:, 4:].mean(1))
+    np.testing.assert_allclose(gradient, expected, atol=1e-6)
+    np.testing.assert_allclose(selection.weights, 0.5 * (w_first + w_second), atol=1e-6)
+    np.testing.assert_allclose(selection.mixed_mse, estimated_mse(flat, selection.weights, (False, False, True)),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="N >= 4"):
+        select_gradient_cross_fitted(flat[:, :3])
+    assert lab_estimator("auto-cf").cross_fit and not lab_estimator("auto").cross_fit
+
+
 def test_selector_rejects_bad_input():
     flat, _ = synthetic(jax.random.key(3), 1, n=2)
     with pytest.raises(ValueError, match="needs N >= 2"):

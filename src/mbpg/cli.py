@@ -2,6 +2,7 @@
 
     mbpg lab [SCENARIO] [OPTIONS]        exact-gradient lab
     mbpg lab atlas [--full] [--out DIR]  the lab atlas: winners and the adaptive selector over env families
+    mbpg lab train [--gradient auto]     policy-gradient ascent on a lab env, exact J and the selector's choices
     mbpg train ALGO [OPTIONS]            train an agent (mbpg train --help lists the algorithms)
     mbpg compare --algos A,B,C [OPTIONS] train several algorithms, curves grouped by gradient type
     mbpg sweep SPEC [--ray ADDRESS]      algorithms x envs x seeds x option grids, in-process or on Ray
@@ -24,6 +25,13 @@ def _lab(rest: list[str]) -> None:
         from mbpg.lab.atlas import AtlasConfig, run_atlas
 
         run_atlas(tyro.cli(AtlasConfig, args=rest[1:], prog="mbpg lab atlas"))
+        return
+    if rest and rest[0] == "train":  # `mbpg lab train --env gridworld --gradient auto`
+        from mbpg.lab.training import LabTrainingConfig, print_progress, train_lab
+
+        config = tyro.cli(LabTrainingConfig, args=rest[1:], prog="mbpg lab train")
+        result = train_lab(config, print_progress)
+        print(f"{config.gradient} on {config.env}: exact J {result['returns'][0]:.4g} -> {result['returns'][-1]:.4g}")
         return
     # `mbpg lab chain` reads like English: accept the scenario as an optional positional word.
     if rest and not rest[0].startswith("-"):

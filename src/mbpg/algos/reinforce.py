@@ -1,7 +1,10 @@
 """REINFORCE in its GPOMDP form: reward-to-go with a learned state-value baseline, one gradient step per batch.
 
-Gradient type: MFG — the score-function estimator of mbpg.gradients ("gpomdp" with a baseline) applied to a
-neural policy on real trajectories.
+Gradient type: MFG by default — the score-function estimator of mbpg.gradients ("gpomdp" with a baseline) applied
+to a neural policy on real trajectories. `gradient` swaps where Q (and d) come from: mvg and fmg use an ensemble
+fitted on the run's real transitions, and auto mixes mfg, mvg and fmg at every update by the minimum estimated
+MSE (`mbpg.algos.model_gradients`, derivation in docs/selector.md). The baseline and the step rule are the same
+for all four.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradientSettings,
+                                         check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
                                   flatten_time)
 from mbpg.values import ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
-class ReinforceConfig:
+class ReinforceConfig(ModelGradientSettings):
     n_envs: int = 8
     """Environments stepped in parallel (per seed)."""
     n_steps: int = 256
@@ -45,6 +50,7 @@ class ReinforceState(eqx.Module):
     value_opt: optax.OptState
     env_states: object
     key: jax.Array
+    model: LearnedModel | None = None  # only for the model-based gradients
 
 
 class Reinforce(OnPolicyAgent):
@@ -54,32 +60,48 @@ class Reinforce(OnPolicyAgent):
         super().__init__(config, env)
         self.policy_optimizer = optax.adam(config.learning_rate)
         self.value_optimizer = optax.adam(config.value_learning_rate)
+        check_gradient_settings(config, env, self.spec)
+        self.model_gradients = None if config.gradient == "mfg" else ModelGradients(
+            config, env, self.spec, self.policy, config.gamma)
 
     def init(self, key) -> ReinforceState:
         key_policy, key_value, key_env, key = jax.random.split(key, 4)
         params = self.policy.init(key_policy)
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
+        model = None
+        if self.model_gradients is not None:
+            model = self.model_gradients.init(jax.random.fold_in(key, 1))
         return ReinforceState(params, value, self.policy_optimizer.init(eqx.filter(params, eqx.is_array)),
                               self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
-                              self.reset_envs(key_env), key)
+                              self.reset_envs(key_env), key, model)
 
-    def learn(self, state: ReinforceState, rollout, key_value):
+    def learn(self, state: ReinforceState, rollout, key):
         config = self.config
-        advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, 1.0)
-        obs, actions, advantages, returns = flatten_time((rollout.obs, rollout.action, advantages, returns))
-        if config.normalize_advantages:
-            advantages = advantages / (advantages.std() + 1e-8)
+        key_value = key  # as before model-based gradients existed, so mfg runs keep their numbers
+        key_model, key_candidates = jax.random.split(jax.random.fold_in(key, 1))
+        batch_advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, 1.0)
+        obs, actions, advantages, returns = flatten_time((rollout.obs, rollout.action, batch_advantages, returns))
+        scale = advantages.std() + 1e-8 if config.normalize_advantages else 1.0
+        advantages = advantages / scale
 
         def policy_loss(params):
             log_probs = jax.vmap(self.policy.log_prob, in_axes=(None, 0, 0))(params, obs, actions)
             return -jnp.mean(log_probs * advantages)
 
         loss, grads = eqx.filter_value_and_grad(policy_loss)(state.policy_params)
+        model, model_metrics = state.model, {}
+        if self.model_gradients is not None:
+            # The model is fitted on earlier updates' data only, then this batch joins the buffer.
+            model, model_metrics = self.model_gradients.refit(model, key_model)
+            grads, choice = self.model_gradients.gradient(state.policy_params, state.value, model.ensemble, rollout,
+                                                          batch_advantages, scale, key_candidates)
+            model = self.model_gradients.store(model, rollout)
+            model_metrics = {**model_metrics, **choice}
         updates, policy_opt = self.policy_optimizer.update(grads, state.policy_opt)
         params = eqx.apply_updates(state.policy_params, updates)
         value, value_opt, value_loss = fit_value(state.value, self.value_optimizer, state.value_opt, obs, returns,
                                                  key_value, config.value_epochs, 4)
         metrics = {"policy_loss": loss, "value_loss": value_loss,
-                   "train_episode_return": finished_episode_return(rollout)}
+                   "train_episode_return": finished_episode_return(rollout), **model_metrics}
         return dataclasses.replace(state, policy_params=params, value=value, policy_opt=policy_opt,
-                                   value_opt=value_opt), metrics
+                                   value_opt=value_opt, model=model), metrics

@@ -1,0 +1,151 @@
+"""`--gradient mfg|mvg|fmg|auto` in training: REINFORCE's model-based candidates (checked against the true
+Pendulum dynamics standing in for the model), the per-environment contributions the selector needs, bad options,
+a CLI run that logs the selector's choice, and the lab's exact-return trainer."""
+
+import csv
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbpg.algos import make_agent
+from mbpg.algos.model_gradients import per_env_gradients
+from mbpg.algos.on_policy import advantages_and_returns, collect
+from mbpg.algos.reinforce import ReinforceConfig
+from mbpg.cli import main
+from mbpg.envs import make
+from mbpg.lab.training import LabTrainingConfig, train_lab
+
+SMALL = dict(n_envs=3, n_steps=6, gamma=0.9, hidden=(8,), model_members=2, model_elites=1, model_hidden=(8,),
+             model_buffer_size=64, model_epochs=1)
+
+
+def true_pendulum_step(env):
+    """The real Pendulum as a 'model' in observation space (deterministic, so Q_hat is checkable by hand)."""
+
+    def step(ensemble, obs, action, key):
+        action = jnp.clip(action, -2.0, 2.0)
+        state = jnp.stack([jnp.arctan2(obs[:, 1], obs[:, 0]), obs[:, 2]], 1)
+        next_state, reward = jax.vmap(env.step)(state, action, jax.random.split(key, obs.shape[0]))
+        return jax.vmap(env.observation)(next_state), reward, jnp.zeros(obs.shape[0], bool)
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def batch():
+    env = make("Pendulum-v1")
+    agent = make_agent("reinforce", ReinforceConfig(gradient="auto", **SMALL), env)
+    state = agent.init(jax.random.key(0))
+    _, rollout = collect(env, agent.spec, agent.policy, state.policy_params, state.env_states, jax.random.key(1),
+                         SMALL["n_steps"], agent.limit)
+    return env, agent, state, rollout
+
+
+def test_per_env_contributions_average_to_the_batch_gradient(batch):
+    _, agent, state, rollout = batch
+    advantages = jax.random.normal(jax.random.key(2), rollout.reward.shape)
+    rows = per_env_gradients(agent.policy, state.policy_params, rollout.obs, rollout.action, advantages)
+
+    def loss(params):
+        log_probs = jax.vmap(jax.vmap(agent.policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(
+            params, rollout.obs, rollout.action)
+        return -jnp.mean(log_probs * advantages)
+
+    whole = eqx.filter_grad(loss)(state.policy_params)
+    for row, full in zip(jax.tree.leaves(rows), jax.tree.leaves(whole)):
+        assert row.shape == (SMALL["n_envs"],) + full.shape
+        np.testing.assert_allclose(row.mean(0), full, rtol=1e-5, atol=1e-6)
+
+
+def test_mvg_q_with_a_perfect_one_step_model_is_reward_plus_discounted_next_value(batch, monkeypatch):
+    env, agent, state, rollout = batch
+    sources = agent.model_gradients
+    monkeypatch.setattr(sources, "_model_step", true_pendulum_step(env))
+    monkeypatch.setattr(sources, "settings", ReinforceConfig(**{**SMALL, "gradient": "auto", "model_horizon": 1}))
+    advantages = sources.mvg_advantages(state.policy_params, state.value, None, rollout, jax.random.key(3))
+    value = jax.vmap(jax.vmap(state.value))
+    expected = rollout.reward + 0.9 * value(rollout.next_obs) - value(rollout.obs)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fmg_imagined_trajectories_follow_the_model_and_earn_its_rewards(batch, monkeypatch):
+    env, agent, state, _ = batch
+    sources = agent.model_gradients
+    monkeypatch.setattr(sources, "_model_step", true_pendulum_step(env))
+    imagined, alive = sources.imagine(state.policy_params, None, 3, 5, jax.random.key(4))
+    assert bool(alive.all())
+    np.testing.assert_allclose(imagined.obs[1:], imagined.next_obs[:-1])  # one continuous trajectory per env
+    state_of = lambda o: jnp.stack([jnp.arctan2(o[..., 1], o[..., 0]), o[..., 2]], -1)  # noqa: E731
+    rewards = jax.vmap(jax.vmap(lambda s, a: env.step(s, jnp.clip(a, -2, 2), jax.random.key(0))[1]))(
+        state_of(imagined.obs), imagined.action)
+    np.testing.assert_allclose(imagined.reward, rewards, rtol=1e-5, atol=1e-5)
+    # Its advantages are the same GPOMDP-with-baseline computation as the real batch's.
+    advantages, _ = advantages_and_returns(imagined, state.value, 0.9, 1.0)
+    assert advantages.shape == (5, 3) and bool(jnp.isfinite(advantages).all())
+
+
+def test_candidates_share_one_scale_and_fixed_types_use_their_own_row(batch):
+    _, agent, state, rollout = batch
+    sources = agent.model_gradients
+    mfg, _ = advantages_and_returns(rollout, state.value, 0.9, 1.0)
+    key = jax.random.key(5)
+    rows = sources.candidates(state.policy_params, state.value, state.model.ensemble, rollout, mfg, 2.0, key)
+    direct = per_env_gradients(agent.policy, state.policy_params, rollout.obs, rollout.action, mfg / 2.0)
+    for stacked, own in zip(jax.tree.leaves(rows), jax.tree.leaves(direct)):
+        assert stacked.shape[0] == 3
+        np.testing.assert_allclose(stacked[0], own, rtol=1e-5, atol=1e-7)
+    mixed, metrics = sources.gradient(state.policy_params, state.value, state.model.ensemble, rollout, mfg, 2.0, key)
+    weights = np.array([float(metrics[f"auto_weight_{n}"]) for n in ("mfg", "mvg", "fmg")])
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0, abs=1e-5)
+    for leaf, stacked in zip(jax.tree.leaves(mixed), jax.tree.leaves(rows)):
+        np.testing.assert_allclose(leaf, jnp.tensordot(weights, stacked.mean(1), 1), rtol=1e-4, atol=1e-6)
+
+
+def test_bad_gradient_options_are_clear_errors():
+    with pytest.raises(ValueError, match="--gradient must be one of mfg, mvg, fmg, auto, auto-cf"):
+        make_agent("reinforce", ReinforceConfig(gradient="magic"), make("Pendulum-v1"))
+    with pytest.raises(ValueError, match="discrete actions"):
+        make_agent("reinforce", ReinforceConfig(gradient="auto"), make("CartPole-v1"))
+    with pytest.raises(ValueError, match="needs --n-envs >= 4"):
+        make_agent("reinforce", ReinforceConfig(gradient="auto-cf", n_envs=2), make("Pendulum-v1"))
+    with pytest.raises(ValueError, match="termination rule"):
+        make_agent("reinforce", ReinforceConfig(gradient="mvg"), make("Minigolf-v0"))
+
+
+def test_cli_auto_logs_the_selector_s_choice_every_update(tmp_path):
+    out = tmp_path / "auto"
+    args = ["train", "reinforce", "--env", "Pendulum-v1", "--steps", "36", "--gradient", "auto", "--n-envs", "3",
+            "--n-steps", "6", "--hidden", "8", "--model-members", "2", "--model-elites", "1", "--model-hidden", "8",
+            "--model-buffer-size", "64", "--model-epochs", "1", "--eval-every", "36", "--eval-episodes", "1",
+            "--no-tensorboard", "--out", str(out)]
+    assert main(args) == 0
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2  # one row per update
+    for row in rows:
+        weights = [float(row[f"auto_weight_{n}"]) for n in ("mfg", "mvg", "fmg")]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+        assert all(math.isfinite(float(row[f"auto_variance_{n}"])) for n in ("mfg", "mvg", "fmg"))
+
+
+def test_lab_training_ascends_the_exact_return_and_records_the_selector():
+    plain = train_lab(LabTrainingConfig(env="gridworld", gradient="gpomdp", iterations=8))
+    assert plain["returns"].shape == (9,) and plain["weights"] is None
+    assert plain["returns"][-1] > plain["returns"][0]
+    auto = train_lab(LabTrainingConfig(env="gridworld", gradient="auto", iterations=3))
+    assert auto["weights"].shape == (3, 3)
+    np.testing.assert_allclose(auto["weights"].sum(1), 1.0, atol=1e-5)
+    assert tuple(auto["candidates"]) == ("gpomdp", "mvg-dp", "fmg")
+
+
+def test_lab_training_rejects_what_it_cannot_train():
+    with pytest.raises(ValueError, match="fits its own model"):
+        train_lab(LabTrainingConfig(gradient="gamps", iterations=1))
+    with pytest.raises(ValueError, match="iterations"):
+        LabTrainingConfig(iterations=0)
+    with pytest.raises(ValueError, match="learning-rate"):
+        LabTrainingConfig(learning_rate=float("nan"))

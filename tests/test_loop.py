@@ -100,3 +100,41 @@ def test_resume_refuses_a_different_configuration(tmp_path):
 def test_too_few_steps_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="below one training chunk"):
         run(tmp_path, "a", total=5)
+
+
+def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_final_state(tmp_path):
+    """A real SIGKILL of `mbpg train` (REINFORCE with a learned model, so the model and its buffer are part of the
+    state), then --resume: the final checkpoint is byte-identical (same payload hash) to an uninterrupted run's."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "mbpg.cli", "train", "reinforce", "--env", "Pendulum-v1", "--steps", "4000",
+                "--gradient", "mvg", "--n-envs", "2", "--n-steps", "50", "--hidden", "8", "--model-members", "2",
+                "--model-elites", "1", "--model-hidden", "8", "--model-buffer-size", "400", "--eval-every", "1000",
+                "--eval-episodes", "1", "--checkpoint-every", "300", "--no-tensorboard", "--out", str(out), *extra]
+
+    def payload_hash(out):
+        with open(out / "checkpoint.eqx", "rb") as handle:
+            return json.loads(handle.readline())["sha256"]
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(command(full), check=True, capture_output=True)
+    process = subprocess.Popen(command(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        metrics = cut / "metrics.csv"
+        if (cut / "checkpoint.eqx").exists() and metrics.exists() and len(metrics.read_text().splitlines()) > 8:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; give it more --steps"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    rows = len((cut / "metrics.csv").read_text().splitlines()) - 1
+    assert 0 < rows < 40  # killed part-way (40 updates in all)
+    subprocess.run(command(cut, "--resume"), check=True, capture_output=True)
+    assert payload_hash(cut) == payload_hash(full)
+    assert read(cut / "metrics.csv") == read(full / "metrics.csv")

@@ -149,3 +149,12 @@ def test_lab_training_rejects_what_it_cannot_train():
         LabTrainingConfig(iterations=0)
     with pytest.raises(ValueError, match="learning-rate"):
         LabTrainingConfig(learning_rate=float("nan"))
+    with pytest.raises(ValueError, match="baseline must be one of none, constant, state-value"):
+        LabTrainingConfig(baseline="mean")
+
+
+def test_lab_training_passes_its_baseline_to_the_estimator():
+    """The same key with and without the leave-one-out baseline: different draws of the same expected step."""
+    runs = [train_lab(LabTrainingConfig(env="gridworld", gradient="gpomdp", iterations=1, baseline=baseline))
+            for baseline in ("none", "constant")]
+    assert not np.allclose(runs[0]["params"][1], runs[1]["params"][1])

@@ -2,6 +2,7 @@
 
 from mbpg.gradients.estimators import (
     ESTIMATORS,
+    Baseline,
     Estimator,
     EstimatorOptions,
     check_estimator_inputs,
@@ -12,7 +13,7 @@ from mbpg.gradients.forms import model_noise, score_function_gradient, value_gra
 from mbpg.gradients.trajectories import Trajectory, rollout_return, sample_trajectories, sample_trajectory
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "EstimatorOptions", "check_estimator_inputs", "draw_gradient", "get_estimator",
+    "ESTIMATORS", "Baseline", "Estimator", "EstimatorOptions", "check_estimator_inputs", "draw_gradient", "get_estimator",
     "score_function_gradient", "value_gradient", "model_noise", "Trajectory", "sample_trajectory",
     "sample_trajectories", "rollout_return",
 ]

@@ -19,6 +19,7 @@ from mbpg.gradients.trajectories import sample_trajectories
 from mbpg.values import default_td_iterations, discount_weights
 
 DSource = Literal["real", "model"]
+Baseline = Literal["none", "constant", "state-value"]
 QSource = Literal["whole-return", "return-to-go", "model-rollouts", "model-exact", "model-td", "model-backprop"]
 
 
@@ -76,7 +77,7 @@ ESTIMATORS: dict[str, Estimator] = {
 class EstimatorOptions:
     """Knobs of the estimators; hashable, so a jitted draw compiles once per distinct setting."""
 
-    baseline: Literal["none", "constant", "state-value"] = "none"
+    baseline: Baseline = "none"
     """Baseline subtracted from the Q signal of score-function estimators (leave-one-out, hence unbiased)."""
     n_rollouts: int = 4
     """Model rollouts M per real (s, a) for mvg-mc."""

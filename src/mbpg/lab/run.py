@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mbpg.gradients import EstimatorOptions
+from mbpg.gradients import Baseline, EstimatorOptions
 from mbpg.lab.quality import QualityRow, best_per_point, estimator_quality
 from mbpg.lab.report import draw_figures, write_csv, write_report
 from mbpg.lab.scenarios import DEFAULT_SCENARIO, SCENARIOS, get_scenario
@@ -44,7 +44,7 @@ class LabConfig:
     """Independent estimates per grid point (more: tighter bias and variance figures)."""
     horizon: int | None = None
     """Trajectory length (default: smallest H with gamma^H <= 1e-3)."""
-    baseline: Literal["none", "constant", "state-value"] = "none"
+    baseline: Baseline = "none"
     """Leave-one-out baseline for score-function estimators."""
     n_rollouts: int = 4
     """Model rollouts per real (s, a) for mvg-mc."""

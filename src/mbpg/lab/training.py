@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from typing import Callable
 
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpg.envs import LQR, TabularMDP
-from mbpg.gradients import EstimatorOptions, draw_gradient, sample_trajectories
+from mbpg.gradients import Baseline, EstimatorOptions, draw_gradient, sample_trajectories
 from mbpg.lab.exact import exact_return
 from mbpg.lab.scenarios import get_scenario
 from mbpg.lab.selector import AutoEstimator, describe, lab_estimator
@@ -60,6 +61,8 @@ class LabTrainingConfig:
     max_step: float | None = None
     """Cap on the norm of one step (default 1 on logits, 0.05 on an LQR gain, which one noisy gradient can
     otherwise push to instability)."""
+    baseline: Baseline = "none"
+    """Baseline of the score-function estimators (none, constant, state-value; leave-one-out, so unbiased)."""
     seed: int = 0
     """Seed of the run's random numbers (trajectories, model rollouts)."""
 
@@ -67,6 +70,9 @@ class LabTrainingConfig:
         for name in ("iterations", "n_trajectories"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}.")
+        if self.baseline not in typing.get_args(Baseline):
+            raise ValueError(f"--baseline must be one of {', '.join(typing.get_args(Baseline))}; "
+                             f"got {self.baseline!r}.")
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"--horizon must be >= 1; got {self.horizon}.")
         for name in ("learning_rate", "max_step"):
@@ -86,10 +92,9 @@ def fit_model(env, batches):
     return fit_linear_model(env, states, actions, next_states)
 
 
-@functools.partial(jax.jit, static_argnames=("estimator", "policy", "n", "horizon"))
-def _step(env, model, params, key, *, estimator, policy, n, horizon):
+@functools.partial(jax.jit, static_argnames=("estimator", "policy", "n", "horizon", "options"))
+def _step(env, model, params, key, *, estimator, policy, n, horizon, options):
     """(gradient, Selection or None, this iteration's real trajectories) for one update."""
-    options = EstimatorOptions()
     trajectories = sample_trajectories(env, policy, params, jax.random.split(key)[0], n, horizon)  # = the draw's
     if isinstance(estimator, AutoEstimator):
         _, gradient, selection = estimator.draw_all(env, model, policy, params, key, n, horizon, options)
@@ -129,7 +134,8 @@ def train_lab(config: LabTrainingConfig, progress: Callable[[int, float, str], N
                                         horizon)
             model = fit_model(env, [first])
         gradient, selection, trajectories = _step(env, model, current, key_step, estimator=estimator, policy=policy,
-                                                  n=config.n_trajectories, horizon=horizon)
+                                                  n=config.n_trajectories, horizon=horizon,
+                                                  options=EstimatorOptions(baseline=config.baseline))
         batches.append(trajectories)
         step = learning_rate * np.asarray(gradient, np.float64)
         norm = np.linalg.norm(step)

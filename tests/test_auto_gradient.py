@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbpg.algos import make_agent
+from mbpg.algos import get_algorithm, make_agent
 from mbpg.algos.model_gradients import per_env_gradients
 from mbpg.algos.on_policy import advantages_and_returns, collect
 from mbpg.algos.reinforce import ReinforceConfig
@@ -103,6 +103,53 @@ def test_candidates_share_one_scale_and_fixed_types_use_their_own_row(batch):
     assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0, abs=1e-5)
     for leaf, stacked in zip(jax.tree.leaves(mixed), jax.tree.leaves(rows)):
         np.testing.assert_allclose(leaf, jnp.tensordot(weights, stacked.mean(1), 1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["auto", "auto-cf", "fmg"])
+def test_the_weighted_surrogate_s_gradient_at_the_collecting_policy_is_the_selected_mix(gradient):
+    """TRPO and PPO step on sum_k mean(ratio_k w_k A_k) (`weighted_samples`); at the collecting policy its gradient
+    must be exactly what REINFORCE's `gradient` mixes from the same candidates (auto-cf with 5 environments: halves
+    of 2 and 3, each weighted by the other's choice)."""
+    env = make("Pendulum-v1")
+    agent = make_agent("reinforce", ReinforceConfig(gradient=gradient, **{**SMALL, "n_envs": 5}), env)
+    state = agent.init(jax.random.key(0))
+    _, rollout = collect(env, agent.spec, agent.policy, state.policy_params, state.env_states, jax.random.key(1),
+                         SMALL["n_steps"], agent.limit)
+    sources, key = agent.model_gradients, jax.random.key(2)
+    mfg, _ = advantages_and_returns(rollout, state.value, agent.config.gamma, 1.0)
+    args = (state.policy_params, state.value, state.model.ensemble, rollout, mfg, 2.0, key)
+    mixed, metrics = sources.gradient(*args)
+    samples, sample_metrics = sources.weighted_samples(*args)
+    assert samples.obs.shape[:2] == (5 * SMALL["n_steps"], 1 if gradient == "fmg" else 3)
+    assert sorted(sample_metrics) == sorted(metrics)
+    log_prob = jax.vmap(jax.vmap(agent.policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 1, 1), out_axes=1)
+
+    def surrogate(params):
+        ratio = jnp.exp(log_prob(params, samples.obs, samples.action) - samples.log_prob)
+        return -jnp.sum(jnp.mean(ratio * samples.advantage, 0))
+
+    for got, want in zip(jax.tree.leaves(eqx.filter_grad(surrogate)(state.policy_params)), jax.tree.leaves(mixed)):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["trpo", "ppo"])
+def test_cli_surrogate_algorithms_take_every_gradient_type(tmp_path, algo):
+    out = tmp_path / algo
+    args = ["train", algo, "--env", "Pendulum-v1", "--steps", "48", "--gradient", "auto-cf", "--n-envs", "4",
+            "--n-steps", "6", "--hidden", "8", "--model-members", "2", "--model-elites", "1", "--model-hidden", "8",
+            "--model-buffer-size", "64", "--model-epochs", "1", "--eval-every", "48", "--eval-episodes", "1",
+            "--no-tensorboard", "--out", str(out)]
+    if algo == "ppo":
+        args += ["--epochs", "2", "--minibatches", "2"]
+    assert main(args) == 0
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2
+    for row in rows:
+        assert sum(float(row[f"auto_weight_{n}"]) for n in ("mfg", "mvg", "fmg")) == pytest.approx(1.0, abs=1e-5)
+    assert math.isfinite(float(rows[-1]["eval_return"]))
+    with pytest.raises(ValueError, match="discrete actions"):
+        make_agent(algo, get_algorithm(algo)[0](gradient="auto"), make("CartPole-v1"))
 
 
 def test_bad_gradient_options_are_clear_errors():

@@ -95,7 +95,7 @@ def test_select_gradient_takes_pytrees_and_composes_with_jit_and_vmap():
 
 
 def test_cross_fitted_weights_of_each_half_come_from_the_other_half():
-    from mbpg.gradients.selector import select_gradient_cross_fitted
+    from mbpg.gradients.selector import cross_fitted_unit_weights, select_gradient_cross_fitted
 
     flat, _ = synthetic(jax.random.key(4), 1, n=9)
     flat = flat[0]  # [3, 9, P]: halves of 4 and 5 trajectories
@@ -110,6 +110,11 @@ def test_cross_fitted_weights_of_each_half_come_from_the_other_half():
     with pytest.raises(ValueError, match="N >= 4"):
         select_gradient_cross_fitted(flat[:, :3])
     assert lab_estimator("auto-cf").cross_fit and not lab_estimator("auto").cross_fit
+    # The same mix as one weight per candidate and trajectory (what a surrogate-based step uses), odd N included.
+    unit_weights, unit_selection = cross_fitted_unit_weights(flat, (False, False, True))
+    assert unit_weights.shape == (3, 9)
+    np.testing.assert_allclose(jnp.einsum("kn,knp->p", unit_weights, flat) / 9, expected, atol=1e-6)
+    np.testing.assert_allclose(unit_selection.weights, selection.weights, atol=1e-7)
 
 
 def test_selector_rejects_bad_input():

@@ -26,6 +26,7 @@ the ensemble learns the dynamics.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,7 +35,8 @@ import jax.numpy as jnp
 from mbpg.algos.mbpo import add_valid, known_model_functions
 from mbpg.algos.on_policy import Rollout, advantages_and_returns, reset_envs
 from mbpg.algos.replay import Replay
-from mbpg.gradients.selector import select_gradient, select_gradient_cross_fitted
+from mbpg.gradients.selector import (cross_fitted_unit_weights, select_gradient,
+                                     select_gradient_cross_fitted)
 from mbpg.models.ensemble import EnsembleConfig, GaussianEnsemble, fit_buffer, init_ensemble, predict_batch
 
 GRADIENTS = ("mfg", "mvg", "fmg", "auto", "auto-cf")
@@ -80,6 +82,15 @@ def check_gradient_settings(settings: ModelGradientSettings, env, spec) -> None:
     known_model_functions(env)  # raises, naming the envs whose reward and termination are known
 
 
+class CandidateBatch(NamedTuple):
+    """Samples of the candidates (leading axis K) on the real batch's grid, advantages already scaled."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    advantage: jax.Array
+
+
 class LearnedModel(eqx.Module):
     """The ensemble and the real transitions it is fitted on (a fixed-capacity buffer, so shapes stay static)."""
 
@@ -90,8 +101,10 @@ class LearnedModel(eqx.Module):
 class ModelGradients:
     """Advantages of the three candidates and their per-environment gradient contributions, for one agent."""
 
-    def __init__(self, settings: ModelGradientSettings, env, spec, policy, gamma: float):
-        self.settings, self.env, self.spec, self.policy, self.gamma = settings, env, spec, policy, gamma
+    def __init__(self, settings: ModelGradientSettings, env, spec, policy, gamma: float, lam: float = 1.0):
+        """`lam`: the GAE lambda of the algorithm's own advantages, used for FMG's imagined ones too."""
+        self.settings, self.env, self.spec, self.policy = settings, env, spec, policy
+        self.gamma, self.lam = gamma, lam
         self.reward_fn, self.termination_fn = known_model_functions(env)
         self.ensemble_config = EnsembleConfig(n_members=settings.model_members, n_elites=settings.model_elites,
                                               hidden=settings.model_hidden, max_epochs=settings.model_epochs,
@@ -171,18 +184,31 @@ class ModelGradients:
         _, (rollout, alive) = jax.lax.scan(step, (start, jnp.ones(n_envs, bool)), jax.random.split(key_steps, n_steps))
         return rollout, alive
 
-    def candidates(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
-        """Per-environment gradient contributions of every candidate of the policy loss -E[log pi A]: a pytree
-        with leaves [3, n_envs, ...] (mfg, mvg, fmg), every candidate's advantages divided by the same `scale`
-        (so that normalising advantages rescales the step but cannot change the selector's choice)."""
+    def candidate_batch(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
+        """The three candidates' samples on one [T, n_envs] grid, stacked [3, T, n_envs, ...] (mfg, mvg, fmg):
+        mfg and mvg on the real batch (mvg with the model's advantages), fmg on imagined trajectories; every
+        candidate's advantages divided by the same `scale` (so that normalising advantages rescales the step but
+        cannot change the selector's choice), fmg's zeroed after a model terminal."""
         key_mvg, key_fmg = jax.random.split(key)
         n_steps, n_envs = rollout.reward.shape
         mvg = self.mvg_advantages(params, value, ensemble, rollout, key_mvg)
         imagined, alive = self.imagine(params, ensemble, n_envs, n_steps, key_fmg)
-        fmg, _ = advantages_and_returns(imagined, value, self.gamma, 1.0)
-        rows = [per_env_gradients(self.policy, params, rollout.obs, rollout.action, mfg_advantages / scale),
-                per_env_gradients(self.policy, params, rollout.obs, rollout.action, mvg / scale),
-                per_env_gradients(self.policy, params, imagined.obs, imagined.action, fmg * alive / scale)]
+        fmg, _ = advantages_and_returns(imagined, value, self.gamma, self.lam)
+        stack = lambda *rows: jnp.stack(rows)  # noqa: E731
+        return CandidateBatch(stack(rollout.obs, rollout.obs, imagined.obs),
+                              stack(rollout.action, rollout.action, imagined.action),
+                              stack(rollout.log_prob, rollout.log_prob, imagined.log_prob),
+                              stack(mfg_advantages / scale, mvg / scale, fmg * alive / scale))
+
+    def candidates(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
+        """Per-environment gradient contributions of every candidate of the policy loss -E[log pi A]: a pytree
+        with leaves [3, n_envs, ...] (mfg, mvg, fmg), from `candidate_batch`."""
+        batch = self.candidate_batch(params, value, ensemble, rollout, mfg_advantages, scale, key)
+        return self._contributions(params, batch)
+
+    def _contributions(self, params, batch: CandidateBatch):
+        rows = [per_env_gradients(self.policy, params, batch.obs[k], batch.action[k], batch.advantage[k])
+                for k in range(len(CANDIDATES))]
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *rows)
 
     def gradient(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
@@ -194,12 +220,61 @@ class ModelGradients:
             return jax.tree.map(lambda x: x[index].mean(0), contributions), {}
         select = select_gradient_cross_fitted if self.settings.gradient == "auto-cf" else select_gradient
         gradient, selection = select(contributions, INDEPENDENT)
-        metrics = {"auto_mixed_mse": selection.mixed_mse}
-        for i, name in enumerate(CANDIDATES):
-            metrics[f"auto_weight_{name}"] = selection.weights[i]
-            metrics[f"auto_bias2_{name}"] = selection.bias2[i]
-            metrics[f"auto_variance_{name}"] = selection.variance[i]
-        return gradient, metrics
+        return gradient, selection_metrics(selection)
+
+    def step(self, model: LearnedModel, params, value, rollout: Rollout, mfg_advantages, scale, key):
+        """One update's model work for a surrogate-based agent: refit the ensemble on EARLIER updates' data, draw
+        the weighted candidate samples from it, then add this batch to the model's buffer. Returns (model,
+        samples, metrics)."""
+        key_model, key_candidates = jax.random.split(key)
+        model, metrics = self.refit(model, key_model)
+        samples, choice = self.weighted_samples(params, value, model.ensemble, rollout, mfg_advantages, scale,
+                                                key_candidates)
+        return self.store(model, rollout), samples, {**metrics, **choice}
+
+    def weighted_samples(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
+        """For a surrogate-based step (TRPO, PPO): the candidates' samples [n_envs * T, K', ...] with their
+        advantages multiplied by the mix's weight, so that sum over K' of the mean over samples of ratio * A
+        is the mixed surrogate; at the current policy its gradient is the selector's mixed gradient (a weight
+        w >= 0 can sit inside PPO's clipped min, since min(r w A, clip(r) w A) = w min(r A, clip(r) A)).
+
+        For a fixed type K' = 1 (that candidate's samples); for auto K' = 3, with per-environment weights
+        (`cross_fitted_unit_weights` for auto-cf). Samples are environment-major ([n_envs, T] flattened), so the
+        real ones line up with the value targets of `flatten_env_major`. Returns (CandidateBatch of [N, K']
+        leaves, metrics)."""
+        batch = self.candidate_batch(params, value, ensemble, rollout, mfg_advantages, scale, key)
+        if self.settings.gradient in CANDIDATES:
+            index = CANDIDATES.index(self.settings.gradient)
+            batch = jax.tree.map(lambda x: x[index:index + 1], batch)
+            metrics = {}
+        else:
+            contributions = self._contributions(params, batch)
+            if self.settings.gradient == "auto-cf":
+                weights, selection = cross_fitted_unit_weights(contributions, INDEPENDENT)
+            else:
+                _, selection = select_gradient(contributions, INDEPENDENT)
+                weights = jnp.broadcast_to(selection.weights[:, None], (len(CANDIDATES), batch.obs.shape[2]))
+            batch = batch._replace(advantage=batch.advantage * weights[:, None, :])
+            metrics = selection_metrics(selection)
+        # [K', T, n_envs, ...] -> [n_envs * T, K', ...]
+        samples = jax.tree.map(lambda x: jnp.moveaxis(x, (0, 1, 2), (2, 1, 0)).reshape((-1,) + x.shape[:1]
+                                                                                      + x.shape[3:]), batch)
+        return samples, metrics
+
+
+def selection_metrics(selection) -> dict:
+    """What auto logs every update: the weights and the per-candidate squared bias and variance behind them."""
+    metrics = {"auto_mixed_mse": selection.mixed_mse}
+    for i, name in enumerate(CANDIDATES):
+        metrics[f"auto_weight_{name}"] = selection.weights[i]
+        metrics[f"auto_bias2_{name}"] = selection.bias2[i]
+        metrics[f"auto_variance_{name}"] = selection.variance[i]
+    return metrics
+
+
+def flatten_env_major(tree):
+    """[T, n_envs, ...] -> [n_envs * T, ...] (the layout of `weighted_samples`)."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), tree)
 
 
 def per_env_gradients(policy, params, obs, actions, advantages):

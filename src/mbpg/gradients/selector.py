@@ -157,6 +157,35 @@ def select_gradient_cross_fitted(contributions, independent: Sequence[bool] | No
     estimates, at the price of choosing from N/2 trajectories. Returns (gradient, Selection) where the Selection's
     weights are the two halves' average and its other fields come from all N trajectories. Needs N >= 4.
     """
+    first, second, on_first, on_second = _half_selections(contributions, independent)
+
+    def mix(leaf_first, leaf_second):
+        return 0.5 * (jnp.tensordot(on_second.weights.astype(leaf_first.dtype), leaf_first.mean(1), 1)
+                      + jnp.tensordot(on_first.weights.astype(leaf_second.dtype), leaf_second.mean(1), 1))
+
+    gradient = jax.tree.map(mix, first, second)
+    return gradient, _cross_fitted_selection(contributions, independent, on_first, on_second)
+
+
+def cross_fitted_unit_weights(contributions, independent: Sequence[bool] | None = None):
+    """The cross-fitted mix as one weight per candidate and unit: (weights [K, N], Selection) with
+    sum_k mean_n weights[k, n] c_kn equal to `select_gradient_cross_fitted`'s gradient.
+
+    Why per unit: an algorithm whose step is not "add the gradient" (TRPO's trust region, PPO's clipped epochs)
+    mixes the candidates inside its surrogate, sum_k mean_n w_kn L_kn; at the current policy that surrogate's
+    gradient is the mix. Units of the first half carry the weights chosen on the second half and vice versa,
+    scaled so that each half counts one half whatever N's parity.
+    """
+    first, second, on_first, on_second = _half_selections(contributions, independent)
+    half, n = jax.tree.leaves(first)[0].shape[1], jax.tree.leaves(contributions)[0].shape[1]
+    weights = jnp.concatenate([jnp.repeat(on_second.weights[:, None] * (n / (2 * half)), half, axis=1),
+                               jnp.repeat(on_first.weights[:, None] * (n / (2 * (n - half))), n - half, axis=1)],
+                              axis=1)
+    return weights, _cross_fitted_selection(contributions, independent, on_first, on_second)
+
+
+def _half_selections(contributions, independent):
+    """The two halves of the units (the first n // 2, the rest) and the selection made on each."""
     leaves = jax.tree.leaves(contributions)
     n = leaves[0].shape[1] if leaves else 0
     if n < 4:
@@ -164,15 +193,15 @@ def select_gradient_cross_fitted(contributions, independent: Sequence[bool] | No
     half = n // 2
     first = jax.tree.map(lambda x: x[:, :half], contributions)
     second = jax.tree.map(lambda x: x[:, half:], contributions)
-    _, on_first = select_gradient(first, independent)
-    _, on_second = select_gradient(second, independent)
+    return first, second, select_gradient(first, independent)[1], select_gradient(second, independent)[1]
 
-    def mix(leaf_first, leaf_second):
-        return 0.5 * (jnp.tensordot(on_second.weights.astype(leaf_first.dtype), leaf_first.mean(1), 1)
-                      + jnp.tensordot(on_first.weights.astype(leaf_second.dtype), leaf_second.mean(1), 1))
 
-    gradient = jax.tree.map(mix, first, second)
+def _cross_fitted_selection(contributions, independent, on_first, on_second) -> Selection:
+    """The Selection reported for a cross-fitted mix: the estimates from all N units, the halves' mean weights
+    and the estimated MSE of mixing with those."""
+    leaves = jax.tree.leaves(contributions)
+    k, n = leaves[0].shape[:2]
     _, overall = select_gradient(contributions, independent)
     weights = 0.5 * (on_first.weights + on_second.weights)
-    flat = jnp.concatenate([leaf.reshape(leaf.shape[0], n, -1) for leaf in leaves], axis=-1)
-    return gradient, overall._replace(weights=weights, mixed_mse=estimated_mse(flat, weights, independent))
+    flat = jnp.concatenate([leaf.reshape(k, n, -1) for leaf in leaves], axis=-1)
+    return overall._replace(weights=weights, mixed_mse=estimated_mse(flat, weights, independent))

@@ -1,8 +1,8 @@
 """`--gradient auto` in training: learning curves of the adaptive selector against each fixed gradient type
 (MFG, MVG, FMG), 5 seeds each, on the default gridworld, an LQR and Pendulum-v1.
 
-    .venv/bin/python benchmarks/bench_auto_gradient.py                      # everything (~25 min on 2 cores)
-    .venv/bin/python benchmarks/bench_auto_gradient.py --part lab           # gridworld and LQR only (~2 min)
+    .venv/bin/python benchmarks/bench_auto_gradient.py                      # everything (~75 min on 2 cores)
+    .venv/bin/python benchmarks/bench_auto_gradient.py --part lab           # gridworld and LQR only (~5 min)
     .venv/bin/python benchmarks/bench_auto_gradient.py --part pendulum
     .venv/bin/python benchmarks/bench_auto_gradient.py --report-only        # table and figure from --out
 

@@ -13,7 +13,7 @@ import pytest
 
 from mbpg.algos import get_algorithm, make_agent
 from mbpg.algos.model_gradients import per_env_gradients
-from mbpg.algos.on_policy import advantages_and_returns, collect
+from mbpg.algos.on_policy import advantages_and_returns, collect, flatten_time
 from mbpg.algos.reinforce import ReinforceConfig
 from mbpg.cli import main
 from mbpg.envs import make
@@ -122,6 +122,8 @@ def test_the_weighted_surrogate_s_gradient_at_the_collecting_policy_is_the_selec
     samples, sample_metrics = sources.weighted_samples(*args)
     assert samples.obs.shape[:2] == (5 * SMALL["n_steps"], 1 if gradient == "fmg" else 3)
     assert sorted(sample_metrics) == sorted(metrics)
+    if gradient != "fmg":  # the real candidates' samples line up with flatten_time's real batch (value targets)
+        np.testing.assert_array_equal(samples.obs[:, 0], flatten_time(rollout.obs))
     log_prob = jax.vmap(jax.vmap(agent.policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 1, 1), out_axes=1)
 
     def surrogate(params):

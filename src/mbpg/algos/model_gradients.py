@@ -233,15 +233,15 @@ class ModelGradients:
         return self.store(model, rollout), samples, {**metrics, **choice}
 
     def weighted_samples(self, params, value, ensemble, rollout: Rollout, mfg_advantages, scale, key):
-        """For a surrogate-based step (TRPO, PPO): the candidates' samples [n_envs * T, K', ...] with their
+        """For a surrogate-based step (TRPO, PPO): the candidates' samples [T * n_envs, K', ...] with their
         advantages multiplied by the mix's weight, so that sum over K' of the mean over samples of ratio * A
         is the mixed surrogate; at the current policy its gradient is the selector's mixed gradient (a weight
         w >= 0 can sit inside PPO's clipped min, since min(r w A, clip(r) w A) = w min(r A, clip(r) A)).
 
         For a fixed type K' = 1 (that candidate's samples); for auto K' = 3, with per-environment weights
-        (`cross_fitted_unit_weights` for auto-cf). Samples are environment-major ([n_envs, T] flattened), so the
-        real ones line up with the value targets of `flatten_env_major`. Returns (CandidateBatch of [N, K']
-        leaves, metrics)."""
+        (`cross_fitted_unit_weights` for auto-cf). Samples are time-major ([T, n_envs] flattened, as
+        `flatten_time` lays out the real batch), so the real ones line up with the value targets. Returns
+        (CandidateBatch of [N, K'] leaves, metrics)."""
         batch = self.candidate_batch(params, value, ensemble, rollout, mfg_advantages, scale, key)
         if self.settings.gradient in CANDIDATES:
             index = CANDIDATES.index(self.settings.gradient)
@@ -256,9 +256,8 @@ class ModelGradients:
                 weights = jnp.broadcast_to(selection.weights[:, None], (len(CANDIDATES), batch.obs.shape[2]))
             batch = batch._replace(advantage=batch.advantage * weights[:, None, :])
             metrics = selection_metrics(selection)
-        # [K', T, n_envs, ...] -> [n_envs * T, K', ...]
-        samples = jax.tree.map(lambda x: jnp.moveaxis(x, (0, 1, 2), (2, 1, 0)).reshape((-1,) + x.shape[:1]
-                                                                                      + x.shape[3:]), batch)
+        # [K', T, n_envs, ...] -> [T * n_envs, K', ...], the layout of `flatten_time` for the real batch
+        samples = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2).reshape((-1,) + x.shape[:1] + x.shape[3:]), batch)
         return samples, metrics
 
 
@@ -270,11 +269,6 @@ def selection_metrics(selection) -> dict:
         metrics[f"auto_bias2_{name}"] = selection.bias2[i]
         metrics[f"auto_variance_{name}"] = selection.variance[i]
     return metrics
-
-
-def flatten_env_major(tree):
-    """[T, n_envs, ...] -> [n_envs * T, ...] (the layout of `weighted_samples`)."""
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), tree)
 
 
 def per_env_gradients(policy, params, obs, actions, advantages):

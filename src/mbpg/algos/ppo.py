@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradientSettings,
-                                         check_gradient_settings, flatten_env_major)
+                                         check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, flatten_time,
                                   minibatch_epochs)
 from mbpg.optim import ppo_clip_loss
@@ -118,7 +118,7 @@ class PPO(OnPolicyAgent):
             model, samples, model_metrics = self.model_gradients.step(
                 state.model, state.policy_params, state.value, rollout, advantages, advantages.std() + 1e-8,
                 jax.random.fold_in(key_epochs, 1))
-            data = (*samples, *flatten_env_major((returns, rollout.obs)))
+            data = (*samples, *flatten_time((returns, rollout.obs)))
 
         def minibatch_step(carry, batch):
             models, opt_state = carry

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradientSettings,
-                                         check_gradient_settings, flatten_env_major)
+                                         check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
                                   flatten_time)
 from mbpg.optim import trust_region_step
@@ -111,7 +111,7 @@ class TRPO(OnPolicyAgent):
             scale = advantages.std() + 1e-8
             model, samples, model_metrics = self.model_gradients.step(
                 state.model, old_params, state.value, rollout, advantages, scale, jax.random.fold_in(key_value, 1))
-            obs, returns = flatten_env_major((rollout.obs, returns))
+            obs, returns = flatten_time((rollout.obs, returns))
             log_prob_k = jax.vmap(log_prob, in_axes=(None, 1, 1), out_axes=1)
 
             def surrogate_loss(params):

@@ -105,11 +105,11 @@ def test_candidates_share_one_scale_and_fixed_types_use_their_own_row(batch):
         np.testing.assert_allclose(leaf, jnp.tensordot(weights, stacked.mean(1), 1), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("gradient", ["auto", "auto-cf", "fmg"])
+@pytest.mark.parametrize("gradient", ["auto", "auto-is", "fmg"])
 def test_the_weighted_surrogate_s_gradient_at_the_collecting_policy_is_the_selected_mix(gradient):
     """TRPO and PPO step on sum_k mean(ratio_k w_k A_k) (`weighted_samples`); at the collecting policy its gradient
-    must be exactly what REINFORCE's `gradient` mixes from the same candidates (auto-cf with 5 environments: halves
-    of 2 and 3, each weighted by the other's choice)."""
+    must be exactly what REINFORCE's `gradient` mixes from the same candidates (auto with 5 environments cross-fits: halves
+    of 2 and 3, each weighted by the other's choice; auto-is: in-sample weights)."""
     env = make("Pendulum-v1")
     agent = make_agent("reinforce", ReinforceConfig(gradient=gradient, **{**SMALL, "n_envs": 5}), env)
     state = agent.init(jax.random.key(0))
@@ -155,12 +155,14 @@ def test_cli_surrogate_algorithms_take_every_gradient_type(tmp_path, algo):
 
 
 def test_bad_gradient_options_are_clear_errors():
-    with pytest.raises(ValueError, match="--gradient must be one of mfg, mvg, fmg, auto, auto-cf"):
+    with pytest.raises(ValueError, match="--gradient must be one of mfg, mvg, fmg, auto, auto-cf, auto-is"):
         make_agent("reinforce", ReinforceConfig(gradient="magic"), make("Pendulum-v1"))
     with pytest.raises(ValueError, match="discrete actions"):
         make_agent("reinforce", ReinforceConfig(gradient="auto"), make("CartPole-v1"))
     with pytest.raises(ValueError, match="needs --n-envs >= 4"):
         make_agent("reinforce", ReinforceConfig(gradient="auto-cf", n_envs=2), make("Pendulum-v1"))
+    with pytest.raises(ValueError, match="needs --n-envs >= 2"):
+        make_agent("reinforce", ReinforceConfig(gradient="auto", n_envs=1), make("Pendulum-v1"))
     with pytest.raises(ValueError, match="termination rule"):
         make_agent("reinforce", ReinforceConfig(gradient="mvg"), make("Minigolf-v0"))
 

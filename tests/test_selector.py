@@ -109,12 +109,41 @@ def test_cross_fitted_weights_of_each_half_come_from_the_other_half():
                                rtol=1e-5)
     with pytest.raises(ValueError, match="N >= 4"):
         select_gradient_cross_fitted(flat[:, :3])
-    assert lab_estimator("auto-cf").cross_fit and not lab_estimator("auto").cross_fit
+    assert lab_estimator("auto-cf").cross_fit and lab_estimator("auto-is").cross_fit is False
     # The same mix as one weight per candidate and trajectory (what a surrogate-based step uses), odd N included.
     unit_weights, unit_selection = cross_fitted_unit_weights(flat, (False, False, True))
     assert unit_weights.shape == (3, 9)
     np.testing.assert_allclose(jnp.einsum("kn,knp->p", unit_weights, flat) / 9, expected, atol=1e-6)
     np.testing.assert_allclose(unit_selection.weights, selection.weights, atol=1e-7)
+
+
+def test_auto_in_training_cross_fits_from_the_threshold_on():
+    """Plain auto as one estimate: in-sample weights. As a training step (`for_training`, and the agents'
+    `select_gradient_auto`): in-sample below CROSS_FIT_MIN_UNITS units, cross-fitted from it on, the same in the
+    per-unit form a surrogate step uses; auto-cf and auto-is force one or the other."""
+    from mbpg.gradients.selector import (CROSS_FIT_MIN_UNITS, select_gradient_auto, select_gradient_cross_fitted,
+                                         unit_weights)
+    from mbpg.lab.selector import for_training
+
+    assert lab_estimator("auto").cross_fit is False and lab_estimator("auto:gpomdp+fmg").cross_fit is False
+    assert for_training(lab_estimator("auto")).cross_fit is None
+    assert for_training(lab_estimator("auto:gpomdp+fmg")).cross_fit is None
+    assert for_training(lab_estimator("auto-is")).cross_fit is False and for_training(lab_estimator("auto-cf")).cross_fit
+
+    independent = (False, False, True)
+    flat = synthetic(jax.random.key(5), 1, n=CROSS_FIT_MIN_UNITS)[0][0]
+    for n, cross_fitted in ((CROSS_FIT_MIN_UNITS - 1, False), (CROSS_FIT_MIN_UNITS, True)):
+        part = flat[:, :n]
+        expected = (select_gradient_cross_fitted if cross_fitted else select_gradient)(part, independent)[0]
+        np.testing.assert_allclose(select_gradient_auto(part, independent)[0], expected, atol=1e-6)
+        np.testing.assert_allclose(for_training(lab_estimator("auto")).select(part)[0], expected, atol=1e-6)
+        weights, _ = unit_weights(part, independent)
+        np.testing.assert_allclose(jnp.einsum("kn,knp->p", weights, part) / n, expected, atol=1e-6)
+    # at the threshold, forcing in-sample weights changes the mix (the two are not the same estimator); below
+    # it, forcing cross-fitting is a clear error (halves of fewer than 2 units)
+    assert not np.allclose(select_gradient_auto(part, independent, cross_fit=False)[0], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="needs N >= 4"):
+        select_gradient_auto(flat[:, :CROSS_FIT_MIN_UNITS - 1], independent, cross_fit=True)
 
 
 def test_selector_rejects_bad_input():

@@ -35,13 +35,15 @@ import jax.numpy as jnp
 from mbpg.algos.mbpo import add_valid, known_model_functions
 from mbpg.algos.on_policy import Rollout, advantages_and_returns, reset_envs
 from mbpg.algos.replay import Replay
-from mbpg.gradients.selector import (cross_fitted_unit_weights, select_gradient,
-                                     select_gradient_cross_fitted)
+from mbpg.gradients.selector import CROSS_FIT_MIN_UNITS, select_gradient_auto, unit_weights
 from mbpg.models.ensemble import EnsembleConfig, GaussianEnsemble, fit_buffer, init_ensemble, predict_batch
 
-GRADIENTS = ("mfg", "mvg", "fmg", "auto", "auto-cf")
-"""The values of an on-policy agent's `gradient` option; auto mixes mfg, mvg and fmg, auto-cf too, with each half
-of the environments' weights chosen on the other half (`select_gradient_cross_fitted`)."""
+GRADIENTS = ("mfg", "mvg", "fmg", "auto", "auto-cf", "auto-is")
+"""The values of an on-policy agent's `gradient` option; auto mixes mfg, mvg and fmg, cross-fitting the weights
+(each half of the environments' chosen on the other half) from CROSS_FIT_MIN_UNITS environments on, as training
+wants; auto-cf and auto-is force cross-fitted and in-sample weights."""
+CROSS_FIT = {"auto": None, "auto-cf": True, "auto-is": False}
+"""`cross_fit` argument of the selector per auto variant (None: by the number of environments)."""
 CANDIDATES = ("mfg", "mvg", "fmg")
 INDEPENDENT = (False, False, True)  # FMG's imagined trajectories are separate data
 
@@ -52,8 +54,9 @@ class ModelGradientSettings:
 
     gradient: str = "mfg"
     """Gradient type: mfg (real returns), mvg (Q from model rollouts from real (s, a)), fmg (imagined
-    trajectories), auto (the minimum-estimated-MSE mix of the three, chosen at every update), auto-cf (the same
-    with cross-fitted weights: less optimistic with few environments; needs n_envs >= 4)."""
+    trajectories), auto (the minimum-estimated-MSE mix of the three, chosen at every update; weights
+    cross-fitted across halves of the environments when n_envs >= 4, in-sample below), auto-cf / auto-is (always
+    cross-fitted, needs n_envs >= 4 / always in-sample)."""
     model_horizon: int = 10
     """H: model steps behind each MVG Q estimate before V closes the tail."""
     model_members: int = 5
@@ -73,9 +76,13 @@ def check_gradient_settings(settings: ModelGradientSettings, env, spec) -> None:
         raise ValueError(f"--gradient must be one of {', '.join(GRADIENTS)}; got {settings.gradient!r}.")
     if settings.gradient == "mfg":
         return
-    if settings.gradient == "auto-cf" and getattr(settings, "n_envs", 4) < 4:
+    n_envs = getattr(settings, "n_envs", CROSS_FIT_MIN_UNITS)
+    if settings.gradient == "auto-cf" and n_envs < 4:
         raise ValueError(f"--gradient auto-cf chooses weights on each half of the environments and needs --n-envs "
-                         f">= 4; got {settings.n_envs}.")
+                         f">= 4; got {n_envs}.")
+    if settings.gradient in CROSS_FIT and n_envs < 2:
+        raise ValueError(f"--gradient {settings.gradient} estimates each candidate's variance across environments "
+                         f"and needs --n-envs >= 2; got {n_envs}.")
     if spec.discrete:
         raise ValueError(f"--gradient {settings.gradient} needs a learned dynamics model, which takes continuous "
                          f"actions; {type(env).__name__} has discrete actions. Use --gradient mfg.")
@@ -218,8 +225,7 @@ class ModelGradients:
         if self.settings.gradient in CANDIDATES:
             index = CANDIDATES.index(self.settings.gradient)
             return jax.tree.map(lambda x: x[index].mean(0), contributions), {}
-        select = select_gradient_cross_fitted if self.settings.gradient == "auto-cf" else select_gradient
-        gradient, selection = select(contributions, INDEPENDENT)
+        gradient, selection = select_gradient_auto(contributions, INDEPENDENT, CROSS_FIT[self.settings.gradient])
         return gradient, selection_metrics(selection)
 
     def step(self, model: LearnedModel, params, value, rollout: Rollout, mfg_advantages, scale, key):
@@ -239,7 +245,7 @@ class ModelGradients:
         w >= 0 can sit inside PPO's clipped min, since min(r w A, clip(r) w A) = w min(r A, clip(r) A)).
 
         For a fixed type K' = 1 (that candidate's samples); for auto K' = 3, with per-environment weights
-        (`cross_fitted_unit_weights` for auto-cf). Samples are time-major ([T, n_envs] flattened, as
+        (`unit_weights`: cross-fitted ones differ between the halves). Samples are time-major ([T, n_envs] flattened, as
         `flatten_time` lays out the real batch), so the real ones line up with the value targets. Returns
         (CandidateBatch of [N, K'] leaves, metrics)."""
         batch = self.candidate_batch(params, value, ensemble, rollout, mfg_advantages, scale, key)
@@ -249,11 +255,7 @@ class ModelGradients:
             metrics = {}
         else:
             contributions = self._contributions(params, batch)
-            if self.settings.gradient == "auto-cf":
-                weights, selection = cross_fitted_unit_weights(contributions, INDEPENDENT)
-            else:
-                _, selection = select_gradient(contributions, INDEPENDENT)
-                weights = jnp.broadcast_to(selection.weights[:, None], (len(CANDIDATES), batch.obs.shape[2]))
+            weights, selection = unit_weights(contributions, INDEPENDENT, CROSS_FIT[self.settings.gradient])
             batch = batch._replace(advantage=batch.advantage * weights[:, None, :])
             metrics = selection_metrics(selection)
         # [K', T, n_envs, ...] -> [T * n_envs, K', ...], the layout of `flatten_time` for the real batch

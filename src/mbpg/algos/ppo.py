@@ -2,7 +2,7 @@
 
 Gradient type: MFG by default. States, actions and advantages all come from the real environment; the clip only
 limits how far one batch moves the policy. `gradient` swaps in the model-based candidates of
-`mbpg.algos.model_gradients` (mvg, fmg) or their adaptive mix (auto, auto-cf), chosen once per rollout at the
+`mbpg.algos.model_gradients` (mvg, fmg) or their adaptive mix (auto, auto-cf, auto-is), chosen once per rollout at the
 collecting policy: every epoch then optimises the clipped surrogate summed over the candidates with their
 advantages times their weights, whose gradient at the collecting policy is the chosen mix.
 """

@@ -2,7 +2,7 @@
 by conjugate gradients and a backtracking line search (mbpg.optim.trust_region_step, shared with ME-TRPO and SLBO).
 
 Gradient type: MFG by default (real states, real advantages by GAE). `gradient` swaps in the model-based
-candidates of `mbpg.algos.model_gradients` (mvg, fmg) or their adaptive mix (auto, auto-cf): the step is then
+candidates of `mbpg.algos.model_gradients` (mvg, fmg) or their adaptive mix (auto, auto-cf, auto-is): the step is then
 taken on the mixed surrogate sum_k mean(ratio_k * w_k A_k), whose gradient at the current policy is the chosen
 mix, inside the same trust region (the KL measured on every candidate's states).
 """

@@ -113,8 +113,9 @@ def simplex_qp(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
 
     The minimiser lies in the relative interior of some face of the simplex and is stationary there, so it solves
     that face's KKT system [[Q_SS, 1], [1^T, 0]] [w_S; mu] = [-c_S; 1]. Every face is solved (2^K - 1 small
-    systems, by pseudo-inverse so that singular faces give their minimum-norm stationary point); the feasible
-    solution with the lowest objective is the answer. Vertices are always feasible, so one always exists.
+    systems); the feasible solution with the lowest objective is the answer. Vertices are always feasible and
+    their systems never singular, so one always exists. A face whose system is singular is skipped: its minimisers
+    form an affine set that reaches the face's boundary, so a smaller face attains the same minimum.
     """
     k = linear.shape[0]
     if k > 8:
@@ -128,10 +129,10 @@ def simplex_qp(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
         system = jnp.block([[q * mask[:, None] * mask[None, :] + jnp.diag(1.0 - mask), mask[:, None]],
                             [mask[None, :], jnp.zeros((1, 1), q.dtype)]])
         rhs = jnp.concatenate([-c * mask, jnp.ones(1, q.dtype)])
-        solution = jnp.linalg.pinv(system) @ rhs
+        solution, singular = _solve_small(system, rhs)
         residual = jnp.abs(system @ solution - rhs).max()
         w = solution[:k] * mask
-        feasible = (w >= -1e-5).all() & (residual < 1e-4)
+        feasible = (w >= -1e-5).all() & (residual < 1e-4) & ~singular
         w = jnp.clip(w, 0.0, None)
         w = w / jnp.maximum(w.sum(), 1e-30)
         return w, jnp.where(feasible, w @ q @ w + 2 * c @ w, jnp.inf)
@@ -140,12 +141,67 @@ def simplex_qp(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
     return weights[jnp.argmin(values)]
 
 
+def _solve_small(a: jax.Array, b: jax.Array):
+    """(x with a x = b, whether a is numerically singular) for a small square a, by Gauss-Jordan elimination with
+    partial pivoting unrolled in plain jnp ops.
+
+    Why not jnp.linalg: batched LAPACK kernels (jaxlib 0.10.2 on CPU) split the batch over XLA's intra-op thread
+    pool and block in it; two such kernels running at once (the two halves of a cross-fitted selection, under
+    vmap) took every pool thread on 2 cores and waited for each other forever."""
+    n = a.shape[0]
+    rows = jnp.arange(n)
+    augmented = jnp.concatenate([a, b[:, None]], 1)
+    tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.abs(a).max(), 1e-30)
+    singular = jnp.zeros((), bool)
+    for col in range(n):
+        pivot = jnp.argmax(jnp.where(rows >= col, jnp.abs(augmented[:, col]), -1.0))
+        order = rows.at[col].set(pivot).at[pivot].set(col)
+        augmented = augmented[order]
+        value = augmented[col, col]
+        small = jnp.abs(value) <= tolerance
+        singular = singular | small
+        augmented = augmented.at[col].divide(jnp.where(small, 1.0, value))
+        eliminate = jnp.where(rows == col, 0.0, augmented[:, col])
+        augmented = augmented - eliminate[:, None] * augmented[col][None, :]
+    return augmented[:, n], singular
+
+
 def describe(selection: Selection, names: Sequence[str]) -> str:
     """One log line: the weights, and per candidate the estimated bias^2, variance and MSE behind them."""
     parts = [f"{name} w={float(w):.2f} (bias2 {float(b):.3g}, var {float(v):.3g}, mse {float(m):.3g})"
              for name, w, b, v, m in zip(names, selection.weights, selection.bias2, selection.variance,
                                          selection.mse)]
     return f"auto: est. MSE of the mix {float(selection.mixed_mse):.3g} | " + "; ".join(parts)
+
+
+CROSS_FIT_MIN_UNITS = 4
+"""The fewest units (trajectories or environments) cross-fitting can use: two halves of two. A training step's
+`auto` cross-fits from here on and uses in-sample weights below (docs/selector.md, "One estimate or a training
+run"): in-sample weights follow MFG's noise, which lowers one estimate's MSE (the atlas: mean 98 vs 134 when
+cross-fitted) but tilts every step of a run the same way (the gridworld learns more slowly, 20 seeds)."""
+
+
+def cross_fits(n_units: int, cross_fit: bool | None = None) -> bool:
+    """Whether the selector cross-fits with n_units: `cross_fit` when given, else whenever it can (training's
+    rule: n_units >= CROSS_FIT_MIN_UNITS)."""
+    return n_units >= CROSS_FIT_MIN_UNITS if cross_fit is None else bool(cross_fit)
+
+
+def select_gradient_auto(contributions, independent: Sequence[bool] | None = None, cross_fit: bool | None = None):
+    """The selector as `auto` runs it: `select_gradient_cross_fitted` or `select_gradient`, by `cross_fits`."""
+    n = jax.tree.leaves(contributions)[0].shape[1]
+    select = select_gradient_cross_fitted if cross_fits(n, cross_fit) else select_gradient
+    return select(contributions, independent)
+
+
+def unit_weights(contributions, independent: Sequence[bool] | None = None, cross_fit: bool | None = None):
+    """`select_gradient_auto` as one weight per candidate and unit, (weights [K, N], Selection): for a step that
+    mixes the candidates inside a surrogate (see `cross_fitted_unit_weights`)."""
+    k, n = jax.tree.leaves(contributions)[0].shape[:2]
+    if cross_fits(n, cross_fit):
+        return cross_fitted_unit_weights(contributions, independent)
+    _, selection = select_gradient(contributions, independent)
+    return jnp.broadcast_to(selection.weights[:, None], (k, n)), selection
 
 
 def select_gradient_cross_fitted(contributions, independent: Sequence[bool] | None = None):

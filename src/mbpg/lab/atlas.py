@@ -32,7 +32,7 @@ from mbpg.lab.exact import UnstableGainWarning, exact_gradient
 from mbpg.lab import report
 from mbpg.lab.quality import _stable_hash, make_model, model_distance, summarise_draws
 from mbpg.lab.scenarios import _half_optimal_gain, _random_logits
-from mbpg.lab.selector import AutoEstimator, select_gradient
+from mbpg.lab.selector import AutoEstimator
 from mbpg.policies import policy_for
 from mbpg.values import effective_horizon
 
@@ -136,7 +136,7 @@ def _paired_draws(env, model, params, key, *, auto, policy, sample_sizes, horizo
         contributions = auto.contributions(env, model, policy, params, key, max(sample_sizes), horizon)
         outputs = []
         for n in sample_sizes:
-            mixed, selection = select_gradient(contributions[:, :n], auto.independent)
+            mixed, selection = auto.select(contributions[:, :n])
             outputs.append((contributions[:, :n].mean(1), mixed, selection.weights))
         return jax.tree.map(lambda *levels: jnp.stack(levels), *outputs)
 

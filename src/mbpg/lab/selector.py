@@ -19,6 +19,7 @@ from mbpg.gradients.selector import (  # noqa: F401  (re-exported: the lab's pub
     describe,
     estimated_mse,
     select_gradient,
+    select_gradient_auto,
     select_gradient_cross_fitted,
     selection_from_flat,
     simplex_qp,
@@ -49,8 +50,10 @@ class AutoEstimator:
     d_source: str = "real"
     q_source: str = "selector"
     form: str = "score"
-    cross_fit: bool = False
-    """Choose each half's weights on the other half of the trajectories (`select_gradient_cross_fitted`)."""
+    cross_fit: bool | None = False
+    """Choose each half's weights on the other half of the trajectories (`select_gradient_cross_fitted`): True
+    always, None whenever N >= 4 (`cross_fits`: what a training step wants), False never (in-sample weights: the
+    lowest MSE of one estimate, what the lab measures; docs/selector.md, "One estimate or a training run")."""
 
     def __post_init__(self):
         if not self.candidates:
@@ -101,9 +104,12 @@ class AutoEstimator:
                  options: EstimatorOptions = EstimatorOptions()):
         """(candidate estimates [K, *params.shape], the mixed estimate, the Selection) from one draw."""
         contributions = self.contributions(env, model, policy, params, key, n_trajectories, horizon, options)
-        select = select_gradient_cross_fitted if self.cross_fit else select_gradient
-        gradient, selection = select(contributions, self.independent)
+        gradient, selection = self.select(contributions)
         return contributions.mean(1), gradient, selection
+
+    def select(self, contributions):
+        """(mixed gradient, Selection) of contributions [K, N, ...], cross-fitted or not as configured."""
+        return select_gradient_auto(contributions, self.independent, self.cross_fit)
 
     def draw(self, env, model, policy, params, key, n_trajectories: int, horizon: int,
              options: EstimatorOptions = EstimatorOptions()):
@@ -111,12 +117,25 @@ class AutoEstimator:
         return self.draw_all(env, model, policy, params, key, n_trajectories, horizon, options)[1]
 
 
+IN_SAMPLE_OR_CROSS_FITTED = {"auto-cf": True, "auto-is": False}
+"""The selector with cross-fitting forced on (auto-cf) or off (auto-is, in-sample weights). Plain auto is in-sample
+as a one-off estimate and cross-fitted in training (`for_training`)."""
+
+
+def for_training(estimator):
+    """The estimator as a training step uses it: plain auto (and auto:a+b) cross-fits whenever N allows, since a
+    run adds up the in-sample weights' tilt over its steps; auto-cf / auto-is and fixed estimators are unchanged."""
+    if isinstance(estimator, AutoEstimator) and estimator.name not in IN_SAMPLE_OR_CROSS_FITTED:
+        return dataclasses.replace(estimator, cross_fit=None)
+    return estimator
+
+
 def parse_auto(name: str) -> AutoEstimator | None:
     """"auto" -> the default candidates; "auto:gpomdp+mvg-mc" -> those candidates; anything else -> None."""
     if name == "auto":
         return AutoEstimator()
-    if name == "auto-cf":
-        return AutoEstimator(name=name, cross_fit=True)
+    if name in IN_SAMPLE_OR_CROSS_FITTED:
+        return AutoEstimator(name=name, cross_fit=IN_SAMPLE_OR_CROSS_FITTED[name])
     if name.startswith("auto:"):
         return AutoEstimator(tuple(part for part in name[5:].split("+") if part), name=name)
     return None

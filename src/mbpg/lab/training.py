@@ -35,7 +35,7 @@ from mbpg.envs import LQR, TabularMDP
 from mbpg.gradients import Baseline, EstimatorOptions, draw_gradient, sample_trajectories
 from mbpg.lab.exact import exact_return
 from mbpg.lab.scenarios import get_scenario
-from mbpg.lab.selector import AutoEstimator, describe, lab_estimator
+from mbpg.lab.selector import AutoEstimator, describe, for_training, lab_estimator
 from mbpg.models.linear import fit_linear_model
 from mbpg.models.tabular import fit_tabular_model
 from mbpg.policies import policy_for
@@ -48,8 +48,8 @@ class LabTrainingConfig:
     """A lab scenario with a tabular or LQR environment (gridworld, chain, garnet, lqr, ...); its fixed policy
     is the starting point."""
     gradient: str = "auto"
-    """Lab estimator: gpomdp, mvg-dp, mvg-mc, fmg, auto, auto-cf (cross-fitted weights), or auto:a+b+c (the
-    selector over those candidates)."""
+    """Lab estimator: gpomdp, mvg-dp, mvg-mc, fmg, auto (weights cross-fitted across halves of the
+    trajectories from N >= 4 on), auto-cf / auto-is (always cross-fitted / in-sample weights), or auto:a+b+c (the selector over those candidates)."""
     iterations: int = 30
     """Gradient steps."""
     n_trajectories: int = 10
@@ -110,7 +110,7 @@ def train_lab(config: LabTrainingConfig, progress: Callable[[int, float, str], N
     env = scenario.make_env()
     if not isinstance(env, (TabularMDP, LQR)):
         raise ValueError(f"lab training needs a tabular or LQR scenario; {config.env!r} is {type(env).__name__}.")
-    estimator = lab_estimator(config.gradient)
+    estimator = for_training(lab_estimator(config.gradient))
     if not isinstance(estimator, AutoEstimator) and estimator.fitted is not None:
         raise ValueError(f"{config.gradient!r} fits its own model inside each draw; lab training supplies a model "
                          "learned from earlier iterations. Use gpomdp, mvg-dp, mvg-mc, fmg or auto.")

@@ -34,7 +34,8 @@ from bench_model_based_trpo import read_curve  # (steps, eval returns [seeds, po
 # auto cross-fits its weights at these N (10, 200 trajectories, 16 environments: >= CROSS_FIT_MIN_UNITS);
 # auto-is is the same selector with in-sample weights, for comparison (auto-cf, always cross-fitted, equals auto
 # here and is not re-run).
-GRADIENTS = {"pendulum": ("mfg", "mvg", "fmg", "auto", "auto-is"), "gridworld": ("gpomdp", "mvg-dp", "fmg", "auto", "auto-is"),
+GRADIENTS = {"pendulum": ("mfg", "mvg", "fmg", "auto", "auto-is"),
+             "gridworld": ("gpomdp", "mvg-dp", "fmg", "auto", "auto-is"),
              "lqr": ("gpomdp", "mvg-dp", "fmg", "auto", "auto-is")}
 TYPE = {"mfg": "MFG", "gpomdp": "MFG", "mvg": "MVG", "mvg-dp": "MVG", "fmg": "FMG", "auto": "auto",
         "auto-cf": "auto", "auto-is": "auto"}

@@ -108,8 +108,8 @@ def test_candidates_share_one_scale_and_fixed_types_use_their_own_row(batch):
 @pytest.mark.parametrize("gradient", ["auto", "auto-is", "fmg"])
 def test_the_weighted_surrogate_s_gradient_at_the_collecting_policy_is_the_selected_mix(gradient):
     """TRPO and PPO step on sum_k mean(ratio_k w_k A_k) (`weighted_samples`); at the collecting policy its gradient
-    must be exactly what REINFORCE's `gradient` mixes from the same candidates (auto with 5 environments cross-fits: halves
-    of 2 and 3, each weighted by the other's choice; auto-is: in-sample weights)."""
+    must be exactly what REINFORCE's `gradient` mixes from the same candidates (auto with 5 environments
+    cross-fits: halves of 2 and 3, each weighted by the other's choice; auto-is: in-sample weights)."""
     env = make("Pendulum-v1")
     agent = make_agent("reinforce", ReinforceConfig(gradient=gradient, **{**SMALL, "n_envs": 5}), env)
     state = agent.init(jax.random.key(0))

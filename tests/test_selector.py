@@ -128,7 +128,8 @@ def test_auto_in_training_cross_fits_from_the_threshold_on():
     assert lab_estimator("auto").cross_fit is False and lab_estimator("auto:gpomdp+fmg").cross_fit is False
     assert for_training(lab_estimator("auto")).cross_fit is None
     assert for_training(lab_estimator("auto:gpomdp+fmg")).cross_fit is None
-    assert for_training(lab_estimator("auto-is")).cross_fit is False and for_training(lab_estimator("auto-cf")).cross_fit
+    assert for_training(lab_estimator("auto-is")).cross_fit is False
+    assert for_training(lab_estimator("auto-cf")).cross_fit
 
     independent = (False, False, True)
     flat = synthetic(jax.random.key(5), 1, n=CROSS_FIT_MIN_UNITS)[0][0]

@@ -35,15 +35,13 @@ import jax.numpy as jnp
 from mbpg.algos.mbpo import add_valid, known_model_functions
 from mbpg.algos.on_policy import Rollout, advantages_and_returns, reset_envs
 from mbpg.algos.replay import Replay
-from mbpg.gradients.selector import CROSS_FIT_MIN_UNITS, select_gradient_auto, unit_weights
+from mbpg.gradients.selector import CROSS_FIT_MIN_UNITS, FORCED_CROSS_FIT, select_gradient_auto, unit_weights
 from mbpg.models.ensemble import EnsembleConfig, GaussianEnsemble, fit_buffer, init_ensemble, predict_batch
 
-GRADIENTS = ("mfg", "mvg", "fmg", "auto", "auto-cf", "auto-is")
+GRADIENTS = ("mfg", "mvg", "fmg", "auto", *FORCED_CROSS_FIT)
 """The values of an on-policy agent's `gradient` option; auto mixes mfg, mvg and fmg, cross-fitting the weights
 (each half of the environments' chosen on the other half) from CROSS_FIT_MIN_UNITS environments on, as training
 wants; auto-cf and auto-is force cross-fitted and in-sample weights."""
-CROSS_FIT = {"auto": None, "auto-cf": True, "auto-is": False}
-"""`cross_fit` argument of the selector per auto variant (None: by the number of environments)."""
 CANDIDATES = ("mfg", "mvg", "fmg")
 INDEPENDENT = (False, False, True)  # FMG's imagined trajectories are separate data
 
@@ -77,10 +75,10 @@ def check_gradient_settings(settings: ModelGradientSettings, env, spec) -> None:
     if settings.gradient == "mfg":
         return
     n_envs = getattr(settings, "n_envs", CROSS_FIT_MIN_UNITS)
-    if settings.gradient == "auto-cf" and n_envs < 4:
-        raise ValueError(f"--gradient auto-cf chooses weights on each half of the environments and needs --n-envs "
-                         f">= 4; got {n_envs}.")
-    if settings.gradient in CROSS_FIT and n_envs < 2:
+    if FORCED_CROSS_FIT.get(settings.gradient) and n_envs < CROSS_FIT_MIN_UNITS:
+        raise ValueError(f"--gradient {settings.gradient} chooses weights on each half of the environments and needs "
+                         f"--n-envs >= {CROSS_FIT_MIN_UNITS}; got {n_envs}.")
+    if settings.gradient not in CANDIDATES and n_envs < 2:
         raise ValueError(f"--gradient {settings.gradient} estimates each candidate's variance across environments "
                          f"and needs --n-envs >= 2; got {n_envs}.")
     if spec.discrete:
@@ -225,7 +223,8 @@ class ModelGradients:
         if self.settings.gradient in CANDIDATES:
             index = CANDIDATES.index(self.settings.gradient)
             return jax.tree.map(lambda x: x[index].mean(0), contributions), {}
-        gradient, selection = select_gradient_auto(contributions, INDEPENDENT, CROSS_FIT[self.settings.gradient])
+        gradient, selection = select_gradient_auto(contributions, INDEPENDENT,
+                                                    FORCED_CROSS_FIT.get(self.settings.gradient))
         return gradient, selection_metrics(selection)
 
     def step(self, model: LearnedModel, params, value, rollout: Rollout, mfg_advantages, scale, key):
@@ -245,8 +244,8 @@ class ModelGradients:
         w >= 0 can sit inside PPO's clipped min, since min(r w A, clip(r) w A) = w min(r A, clip(r) A)).
 
         For a fixed type K' = 1 (that candidate's samples); for auto K' = 3, with per-environment weights
-        (`unit_weights`: cross-fitted ones differ between the halves). Samples are time-major ([T, n_envs] flattened, as
-        `flatten_time` lays out the real batch), so the real ones line up with the value targets. Returns
+        (`unit_weights`: cross-fitted ones differ between the halves). Samples are time-major ([T, n_envs]
+        flattened, as `flatten_time` lays out the real batch), so the real ones line up with the value targets. Returns
         (CandidateBatch of [N, K'] leaves, metrics)."""
         batch = self.candidate_batch(params, value, ensemble, rollout, mfg_advantages, scale, key)
         if self.settings.gradient in CANDIDATES:
@@ -255,7 +254,7 @@ class ModelGradients:
             metrics = {}
         else:
             contributions = self._contributions(params, batch)
-            weights, selection = unit_weights(contributions, INDEPENDENT, CROSS_FIT[self.settings.gradient])
+            weights, selection = unit_weights(contributions, INDEPENDENT, FORCED_CROSS_FIT.get(self.settings.gradient))
             batch = batch._replace(advantage=batch.advantage * weights[:, None, :])
             metrics = selection_metrics(selection)
         # [K', T, n_envs, ...] -> [T * n_envs, K', ...], the layout of `flatten_time` for the real batch

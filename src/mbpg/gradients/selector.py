@@ -181,6 +181,11 @@ run"): in-sample weights follow MFG's noise, which lowers one estimate's MSE (th
 cross-fitted) but tilts every step of a run the same way (the gridworld learns more slowly, 20 seeds)."""
 
 
+FORCED_CROSS_FIT = {"auto-cf": True, "auto-is": False}
+"""The selector's names with cross-fitting forced on (auto-cf) or off (auto-is, in-sample weights), for the lab and
+the agents alike; plain auto is in-sample as a one-off estimate and follows `cross_fits` in training."""
+
+
 def cross_fits(n_units: int, cross_fit: bool | None = None) -> bool:
     """Whether the selector cross-fits with n_units: `cross_fit` when given, else whenever it can (training's
     rule: n_units >= CROSS_FIT_MIN_UNITS)."""

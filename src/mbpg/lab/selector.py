@@ -16,6 +16,7 @@ from mbpg.gradients import EstimatorOptions, get_estimator, sample_trajectories,
 from mbpg.gradients.estimators import score_signal
 from mbpg.gradients.selector import (  # noqa: F401  (re-exported: the lab's public names)
     Selection,
+    FORCED_CROSS_FIT,
     describe,
     estimated_mse,
     select_gradient,
@@ -117,15 +118,10 @@ class AutoEstimator:
         return self.draw_all(env, model, policy, params, key, n_trajectories, horizon, options)[1]
 
 
-IN_SAMPLE_OR_CROSS_FITTED = {"auto-cf": True, "auto-is": False}
-"""The selector with cross-fitting forced on (auto-cf) or off (auto-is, in-sample weights). Plain auto is in-sample
-as a one-off estimate and cross-fitted in training (`for_training`)."""
-
-
 def for_training(estimator):
     """The estimator as a training step uses it: plain auto (and auto:a+b) cross-fits whenever N allows, since a
     run adds up the in-sample weights' tilt over its steps; auto-cf / auto-is and fixed estimators are unchanged."""
-    if isinstance(estimator, AutoEstimator) and estimator.name not in IN_SAMPLE_OR_CROSS_FITTED:
+    if isinstance(estimator, AutoEstimator) and estimator.name not in FORCED_CROSS_FIT:
         return dataclasses.replace(estimator, cross_fit=None)
     return estimator
 
@@ -134,8 +130,8 @@ def parse_auto(name: str) -> AutoEstimator | None:
     """"auto" -> the default candidates; "auto:gpomdp+mvg-mc" -> those candidates; anything else -> None."""
     if name == "auto":
         return AutoEstimator()
-    if name in IN_SAMPLE_OR_CROSS_FITTED:
-        return AutoEstimator(name=name, cross_fit=IN_SAMPLE_OR_CROSS_FITTED[name])
+    if name in FORCED_CROSS_FIT:
+        return AutoEstimator(name=name, cross_fit=FORCED_CROSS_FIT[name])
     if name.startswith("auto:"):
         return AutoEstimator(tuple(part for part in name[5:].split("+") if part), name=name)
     return None

@@ -49,7 +49,8 @@ class LabTrainingConfig:
     is the starting point."""
     gradient: str = "auto"
     """Lab estimator: gpomdp, mvg-dp, mvg-mc, fmg, auto (weights cross-fitted across halves of the
-    trajectories from N >= 4 on), auto-cf / auto-is (always cross-fitted / in-sample weights), or auto:a+b+c (the selector over those candidates)."""
+    trajectories from N >= 4 on), auto-cf / auto-is (always cross-fitted / in-sample weights), or auto:a+b+c (the
+    selector over those candidates)."""
     iterations: int = 30
     """Gradient steps."""
     n_trajectories: int = 10

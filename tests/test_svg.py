@@ -197,11 +197,96 @@ def test_svginf_resimulates_a_whole_real_segment_exactly():
     obs, action, reward, next_obs = (x.reshape((60,) + x.shape[2:]) for x in episodes(starts, actions))
     segment = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
                "done": (jnp.arange(60) % 20) == 19}
-    objective = eqx.filter_jit(agent.segment_return)(state.actor, state.model, segment, 0.0, 0)
     discounts = 0.9 ** (jnp.arange(60) % 20)
-    np.testing.assert_allclose(objective, jnp.sum(discounts * segment["reward"]) / 3, rtol=1e-4)
-    grads = eqx.filter_jit(eqx.filter_grad(agent.segment_return))(state.actor, state.model, segment, 0.0, 0)
+    for decay in (1.0, 0.5):  # the gradient decay changes the gradient, never the value
+        objective, _ = eqx.filter_jit(agent.segment_return)(state.actor, state.model, segment, 0.0, 0,
+                                                             gradient_decay=decay)
+        np.testing.assert_allclose(objective, jnp.sum(discounts * segment["reward"]) / 3, rtol=1e-4)
+    grads = eqx.filter_jit(eqx.filter_grad(lambda *a: agent.segment_return(*a)[0]))(
+        state.actor, state.model, segment, 0.0, 0)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def _svginf_segment(agent, key, episodes=2, length=15):
+    env = agent.env
+    key_s, key_a = jax.random.split(key)
+    starts = jax.random.uniform(key_s, (episodes, 2), minval=jnp.array([-3.0, -2.0]), maxval=jnp.array([3.0, 2.0]))
+    actions = jax.random.uniform(key_a, (episodes, length, 1), minval=-1.9, maxval=1.9)
+
+    def step(s, a):
+        next_s, r = env.step(s, a, None)
+        return next_s, (env.observation(s), a, r, env.observation(next_s))
+
+    parts = jax.vmap(lambda s, a: jax.lax.scan(step, s, a)[1])(starts, actions)
+    obs, action, reward, next_obs = (x.reshape((episodes * length,) + x.shape[2:]) for x in parts)
+    return {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
+            "done": (jnp.arange(episodes * length) % length) == length - 1}
+
+
+def test_svginf_gradient_decay_scales_the_value_gradient_backpropagated_through_each_model_step():
+    """lambda = 1 is the paper's recursion (the gradient of the re-simulated return, checked by finite differences);
+    lambda -> 0 leaves each action only its own step's reward, from the real state: the per-step sum, rebuilt here
+    from the parts. In between, the gradient is a polynomial in lambda whose lambda^k term is the credit for
+    rewards k steps later (a nonzero lambda^1 term checked by a difference of decays)."""
+    with jax.enable_x64(True):
+        env = Pendulum()
+        agent = SVGInf(SVGInfConfig(hidden=(16,), model_hidden=(16,), gamma=0.9), env)
+        state = eqx.filter_jit(agent.init)(jax.random.key(0))
+        model = init_ensemble(EnsembleConfig(n_members=1, n_elites=1, hidden=(16,), predict_reward=False), 3, 1,
+                              jax.random.key(5))
+        segment = _svginf_segment(agent, jax.random.key(3))
+        actor = state.actor
+        noise = jax.vmap(lambda s, a, r, s2: infer_noise(agent.policy, actor, model, s, a, s2, r, 0))(
+            segment["obs"], segment["action"], segment["reward"], segment["next_obs"])
+
+        def grad(decay):
+            return eqx.filter_jit(eqx.filter_grad(lambda ac: agent.segment_return(
+                ac, model, segment, 0.0, 0, gradient_decay=decay)[0]))(actor)
+
+        @eqx.filter_jit
+        def myopic(theta):  # every step from its real state, its own reward only
+            actions = jax.vmap(lambda s, e: agent.policy.reparameterised(theta, s, e))(segment["obs"], noise[0])
+            rewards = jax.vmap(agent.reward_fn)(segment["obs"], actions)
+            return jnp.sum(0.9 ** (jnp.arange(30) % 15) * rewards) / 2
+
+        @eqx.filter_jit
+        def full(theta):  # re-simulated return with the noise held fixed, full recursion
+            def episode(obs, eps, eta):
+                def step(s, xs):
+                    a, _, s_next, _ = resimulate(agent.policy, theta, model, s, *xs)
+                    return s_next, agent.reward_fn(s, a)
+                return jax.lax.scan(step, obs[0], (eps, eta))[1]
+            rewards = jax.vmap(episode)(*(x.reshape((2, 15) + x.shape[1:]) for x in (segment["obs"], *noise)))
+            return jnp.sum(0.9 ** jnp.arange(15) * rewards) / 2
+
+        small, half, one = grad(1e-12), grad(0.5), grad(1.0)
+        for seed in range(2):
+            direction = _random_direction(actor, jax.random.key(30 + seed))
+            np.testing.assert_allclose(_dot(small, direction), _directional_fd(myopic, actor, direction), rtol=1e-6)
+            np.testing.assert_allclose(_dot(one, direction), _directional_fd(full, actor, direction), rtol=1e-6)
+            assert abs(float(_dot(half, direction) - _dot(small, direction))) > 1e-6
+            assert abs(float(_dot(half, direction) - _dot(one, direction))) > 1e-6
+
+
+def test_svginf_entropy_and_temperature_use_fresh_samples_not_the_stale_actions():
+    """The temperature must see the policy's entropy. The log-density of a replayed action is a cross-entropy that
+    grows without bound once the policy has moved away from it (here: a narrow policy and actions it did not
+    draw), which drove the temperature down before the fix."""
+    env = Pendulum()
+    agent = SVGInf(SVGInfConfig(hidden=(16,), model_hidden=(16,)), env)
+    state = eqx.filter_jit(agent.init)(jax.random.key(0))
+    # A narrow policy: log-std -8 everywhere (the last layer's log-std bias).
+    last = state.actor.layers[-1]
+    actor = eqx.tree_at(lambda a: a.layers[-1].bias, state.actor, last.bias.at[1].set(-8.0))
+    segment = _svginf_segment(agent, jax.random.key(3))
+    key = jax.random.key(11)
+    _, log_probs = eqx.filter_jit(agent.segment_return)(actor, state.model, segment, 0.1, 0, key)
+    # At the current parameters the path's states are the real ones, so these are fresh samples' log-densities.
+    fresh = jax.vmap(lambda s, k: agent.policy.sample_with_log_prob(actor, s, k)[1])(
+        segment["obs"], jax.random.split(key, 30))
+    np.testing.assert_allclose(log_probs, fresh, rtol=1e-3, atol=1e-3)
+    stale = jax.vmap(lambda s, a: agent.policy.log_prob(actor, s, a))(segment["obs"], segment["action"])
+    assert float(stale.mean()) < -1e4 < float(log_probs.mean())
 
 
 TINY = {
@@ -244,6 +329,7 @@ def test_the_registry_names_each_variant_with_its_gradient_type():
     (["train", "svginf", "--env", "CartPole-v1"], "continuous actions"),
     (["train", "svg0", "--env", "Pendulum-v1", "--max-importance-weight", "0"], "--max-importance-weight must be"),
     (["train", "svg1", "--env", "Pendulum-v1", "--model-members", "0"], "--model-members must be"),
+    (["train", "svginf", "--env", "Pendulum-v1", "--gradient-decay", "0"], "--gradient-decay must be"),
 ])
 def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2

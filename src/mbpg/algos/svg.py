@@ -31,9 +31,23 @@ Choices, and why:
   replayed transitions. Its input/target normalisation follows running statistics of every transition observed,
   refreshed before each model step. With several members, each transition is explained and re-simulated by a
   random member.
-* SVG(inf) is on-policy, as in the paper: each chunk collects `chunk_steps` real steps with the current policy,
-  trains the model on the replay, then takes `policy_updates` steps on the newest segment, re-inferring the noise
-  at the current parameters before each (so the re-simulated path always passes through the real states).
+* SVG(inf) is on-policy, as in the paper ("models and policies are learned after each episode"): each chunk
+  collects `chunk_steps` real steps (default: one Pendulum-v1 episode) with the current policy, trains the model on
+  the replay, then takes `policy_updates` steps on the newest segment, re-inferring the noise at the current
+  parameters before each (so the re-simulated path always passes through the real states). Many updates on one
+  stale segment do not help: the path stays the OLD one, the inferred noise drifts into the tails, and the policy
+  follows a gradient taken at actions it no longer chooses.
+* SVG(inf) decays the value gradient backpropagated through the model by `gradient_decay` (lambda) per step:
+  v_s = r_s + r_a pi_s + gamma lambda v'_{s'} (f_s + f_a pi_s). lambda = 1 is the paper's recursion; the value of
+  the path is unchanged (the re-simulated states equal the real ones), only the credit an action gets for rewards
+  k steps later is scaled by lambda^k. Why: through 200 steps of Pendulum (upright is unstable, about x1.19 per
+  step) the full recursion explodes: per-episode gradient norms reach 1e8-1e10 even through the TRUE dynamics,
+  and through a learned model the 400-episode mean of the full-horizon gradient points against the true-dynamics
+  one (cosine -0.93), while it agrees up to 20 steps (cosine 0.99).
+* SVG(inf)'s entropy term and temperature use fresh policy samples at the path's states, like SVG(0)/SVG(1): the
+  log-density of the inferred noise is that of a stale action (a cross-entropy, not the entropy), which grows
+  without bound as the policy moves away from it or as a saturated action is inverted through the clipped atanh,
+  and it drove the temperature down while the policy collapsed.
 """
 
 from __future__ import annotations
@@ -119,16 +133,19 @@ class SVGInfConfig:
     """Members of the Gaussian model ensemble (each episode uses a random one)."""
     reward: Literal["known", "learned"] = "known"
     """Reward of the re-simulated steps: the env's own function (Pendulum-v1) or a learned model output."""
-    chunk_steps: int = 1000
+    chunk_steps: int = 200
     """Real steps collected with the current policy per chunk (whole episodes when a multiple of their length)."""
-    model_updates: int = 500
+    model_updates: int = 100
     """Model NLL gradient steps per chunk."""
     batch_size: int = 256
     """Transitions per model gradient step."""
     buffer_size: int = 100_000
     """Replay capacity of the model's training data."""
-    policy_updates: int = 10
+    policy_updates: int = 5
     """Policy gradient steps per chunk on the newest segment."""
+    gradient_decay: float = 0.9
+    """lambda in (0, 1]: the value gradient backpropagated through one model step is scaled by lambda (1: the
+    paper's full recursion, which explodes through 200-step episodes; the path's value is unchanged)."""
     max_grad_norm: float = 10.0
     """Global-norm clip of the policy gradient (it is backpropagated through whole episodes)."""
     initial_temperature: float = 0.1
@@ -470,6 +487,8 @@ class SVGInf:
         if is_host_env(env):
             raise ValueError("svginf runs whole episodes inside one compiled chunk and needs a JAX port "
                              "(e.g. Pendulum-v1); for a host-side Gymnasium env use svg1.")
+        if not 0.0 < config.gradient_decay <= 1.0:
+            raise ValueError(f"--gradient-decay must be in (0, 1]; got {config.gradient_decay}.")
         self.reward_fn = _resolve_reward(config, env)
         self.policy = TanhGaussianMLPPolicy(self.spec.obs_dim, self.spec.action_dim, hidden=config.hidden,
                                             action_low=self.spec.action_low, action_high=self.spec.action_high)
@@ -496,26 +515,36 @@ class SVGInf:
     def act(self, state, obs, key):
         return self.policy.mode(state.actor, obs)
 
-    def segment_return(self, actor, model, segment, alpha, member):
-        """Mean over the episodes in `segment` of sum_t gamma^t (r_hat_t - alpha log pi(a_hat_t|s_hat_t)) along
-        the path re-simulated from the real episode's inferred noise. An episode starts at the segment's first
-        step and after every real episode end, from the real observation there."""
+    def segment_return(self, actor, model, segment, alpha, member, key=None, gradient_decay=None):
+        """Mean over the episodes in `segment` of sum_t gamma^t (r_hat_t - alpha log pi(a~_t|s_hat_t)) along the
+        path re-simulated from the real episode's inferred noise; returns (objective, log pi(a~_t|s_hat_t) per
+        step). An episode starts at the segment's first step and after every real episode end, from the real
+        observation there. a~_t is a fresh policy sample drawn with `key` (the inferred action a_hat_t if key is
+        None). The gradient backpropagated through each model step is scaled by `gradient_decay` (the config's
+        if None); the value is not."""
+        decay = self.config.gradient_decay if gradient_decay is None else gradient_decay
         starts = jnp.concatenate([jnp.ones(1, bool), segment["done"][:-1]])
         noises = jax.vmap(lambda s, a, r, s_next: infer_noise(self.policy, actor, model, s, a, s_next, r, member))(
             segment["obs"], segment["action"], segment["reward"], segment["next_obs"])
+        n = starts.shape[0]
+        keys = jax.random.split(jax.random.key(0) if key is None else key, n)
 
         def step(carry, xs):
             s_hat, discount = carry
-            obs, start, (eps, eta) = xs
+            obs, start, (eps, eta), key_fresh = xs
             s = jnp.where(start, obs, s_hat)
             discount = jnp.where(start, 1.0, discount)
             a_hat, log_prob, s_next, r_hat = resimulate(self.policy, actor, model, s, eps, eta, member)
+            if key is not None:
+                log_prob = self.policy.sample_with_log_prob(actor, s, key_fresh)[1]
             reward = self.reward_fn(s, a_hat) if self.reward_fn is not None else r_hat
-            return (s_next, discount * self.config.gamma), discount * (reward - alpha * log_prob)
+            frozen = jax.lax.stop_gradient(s_next)
+            s_next = frozen + decay * (s_next - frozen)  # same value; v'_{s'} reaches the step before x lambda
+            return (s_next, discount * self.config.gamma), (discount * (reward - alpha * log_prob), log_prob)
 
         carry = (segment["obs"][0], jnp.ones(()))
-        _, terms = jax.lax.scan(step, carry, (segment["obs"], starts, noises))
-        return terms.sum() / starts.sum()
+        _, (terms, log_probs) = jax.lax.scan(step, carry, (segment["obs"], starts, noises, keys))
+        return terms.sum() / starts.sum(), log_probs
 
     def train_chunk(self, state: SVGInfState):
         key, key_steps, key_model, key_policy = jax.random.split(state.key, 4)
@@ -548,11 +577,12 @@ class SVGInf:
         def policy_step(carry, key):
             actor, actor_opt, log_alpha, alpha_opt = carry
             alpha = jnp.exp(log_alpha)
-            member = jax.random.randint(key, (), 0, self.config.model_members)
-            objective, grads = eqx.filter_value_and_grad(self.segment_return)(actor, model, segment, alpha, member)
+            key_member, key_fresh = jax.random.split(key)
+            member = jax.random.randint(key_member, (), 0, self.config.model_members)
+            (objective, log_probs), grads = eqx.filter_value_and_grad(self.segment_return, has_aux=True)(
+                actor, model, segment, alpha, member, key_fresh)
             grads = jax.tree.map(jnp.negative, grads)
             updates, actor_opt = self.actor_optimizer.update(grads, actor_opt, eqx.filter(actor, eqx.is_array))
-            log_probs = jax.vmap(lambda s, a: self.policy.log_prob(actor, s, a))(segment["obs"], segment["action"])
             grad_alpha = jax.grad(_temperature_loss)(log_alpha, log_probs, self.target_entropy)
             alpha_updates, alpha_opt = self.alpha_optimizer.update(grad_alpha, alpha_opt)
             carry = (eqx.apply_updates(actor, updates), actor_opt, optax.apply_updates(log_alpha, alpha_updates),

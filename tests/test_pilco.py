@@ -226,3 +226,45 @@ def test_loop_is_deterministic_and_records_predictions():
     assert np.all(np.isnan(first[0].predicted_mean)) and np.all(np.isfinite(first[1].predicted_std))
     with pytest.raises(ValueError, match="CartPoleSwingUp-v0 only"):
         P.train_pilco(P.PILCOConfig(env_id="Pendulum-v1"), jax.random.key(0))
+
+
+TINY_CLI = ["--horizon", "3", "--n-basis", "2", "--policy-maxiter", "3", "--gp-maxiter", "5", "--pad-multiple", "8",
+            "--no-tensorboard"]
+
+
+def _episode_rows(run_dir):
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_cli_train_pilco_resumes_to_the_uninterrupted_run(tmp_path, capsys):
+    """`mbpg train pilco` writes the run directory; 1 episode + --resume to 2 equals 2 episodes straight, row for
+    row and in the checkpointed state; bad input fails with a message and exit code 2."""
+    from mbpg.cli import main
+    from mbpg.train.checkpoint import read_metadata
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "pilco", "--env", "CartPoleSwingUp-v0", "--n-iterations", "2", "--out", str(straight),
+                 *TINY_CLI]) == 0
+    assert main(["train", "pilco", "--n-iterations", "1", "--out", str(split), *TINY_CLI]) == 0
+    assert read_metadata(split / "checkpoint.eqx")["episodes"] == 2
+    assert main(["train", "pilco", "--n-iterations", "1", "--out", str(split), *TINY_CLI]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "pilco", "--n-iterations", "2", "--out", str(split), "--resume", *TINY_CLI]) == 0
+    rows = _episode_rows(straight)
+    assert [r["episode"] for r in rows] == ["1.0", "2.0", "3.0"] and [r["step"] for r in rows] == ["3", "6", "9"]
+    assert rows == _episode_rows(split)
+    payload = [(d / "checkpoint.eqx").read_bytes().split(b"\n", 1)[1] for d in (straight, split)]
+    assert payload[0] == payload[1]
+    assert (straight / "config.json").exists() and (straight / "pilco_cost.png").exists()
+
+    assert main(["train", "pilco", "--n-iterations", "3", "--out", str(split), "--resume", "--n-basis", "3",
+                 *TINY_CLI[:2], *TINY_CLI[4:]]) == 2
+    assert "n_basis" in capsys.readouterr().err
+    (split / "checkpoint.eqx").write_bytes((split / "checkpoint.eqx").read_bytes()[:-7])
+    assert main(["train", "pilco", "--n-iterations", "3", "--out", str(split), "--resume", *TINY_CLI]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["train", "pilco", "--env", "Pendulum-v1", "--out", str(tmp_path / "bad"), *TINY_CLI]) == 2
+    assert "CartPoleSwingUp-v0 only" in capsys.readouterr().err

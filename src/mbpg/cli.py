@@ -44,7 +44,13 @@ def _train(rest: list[str]) -> None:
     from mbpg.train.run import parse_train, run_training
 
     if not rest or rest[0] in ("-h", "--help"):
-        print(f"usage: mbpg train ALGO [OPTIONS]   ALGO: {', '.join(ALGORITHMS)}; mbpg train ALGO --help for options")
+        print(f"usage: mbpg train ALGO [OPTIONS]   ALGO: {', '.join(ALGORITHMS)}, pilco; mbpg train ALGO --help "
+              "for options")
+        return
+    if rest[0] == "pilco":  # episodic, with growing GP data: its own driver under the same run-directory contract
+        from mbpg.train.pilco import parse_pilco, run_pilco
+
+        run_pilco(parse_pilco(rest[1:]))
         return
     get_algorithm(rest[0])
     run_training(rest[0], parse_train(rest[0], rest[1:]))

@@ -140,7 +140,8 @@ def fit_gp(inputs, targets, *, pad_to: int | None = None, init: GP | None = None
 
     inputs [N, D], targets [N, E]. Without `init`, lengthscales start at the inputs' standard deviations, signal
     std at the targets' and noise std at a tenth of that (PILCO's initialisation); with `init` (a previous fit of
-    the same dimensions), they start from its values, which makes refits after each episode cheap. `pad_to`
+    the same dimensions, or anything with its three log_* hyperparameter arrays), they start from its values,
+    which makes refits after each episode cheap. `pad_to`
     pads the data with masked rows to that many points (see the module docstring). Deterministic: no randomness.
     Returns the GP in float64.
     """
@@ -159,8 +160,9 @@ def fit_gp(inputs, targets, *, pad_to: int | None = None, init: GP | None = None
         theta0 = np.concatenate([np.tile(np.log(input_std), (e, 1)), np.log(target_std)[:, None],
                                  np.log(target_std / 10)[:, None]], axis=1)
     else:
-        if init.input_dim != d or init.output_dim != e:
-            raise ValueError(f"init GP has {init.input_dim} inputs and {init.output_dim} outputs; the data have "
+        init_e, init_d = np.shape(init.log_lengthscales)
+        if init_d != d or init_e != e:
+            raise ValueError(f"init GP has {init_d} inputs and {init_e} outputs; the data have "
                              f"{d} and {e}. Pass init=None to start from scratch.")
         theta0 = np.concatenate([np.asarray(init.log_lengthscales), np.asarray(init.log_signal_std)[:, None],
                                  np.asarray(init.log_noise_std)[:, None]], axis=1)
@@ -257,25 +259,29 @@ def se_expansion_moments(centers, beta, log_lengthscales, log_signal_std, mean, 
     log_k = 2 * log_signal_std[:, None] - 0.5 * jnp.sum(nu[None] ** 2 * inv_lam[:, None, :], 2)   # [E, N]
     zeta = nu[None] * inv_lam[:, None, :]                                                          # [E, N, D]
 
-    def second_moment(a, b):
+    def second_moment(a, b, with_variance):
         r = cov * (inv_lam[a] + inv_lam[b])[None, :] + eye
         m_ab = jnp.linalg.solve(r, cov)
         m_ab = 0.5 * (m_ab + m_ab.T)                        # R^{-1} S is symmetric
         za, zb = zeta[a], zeta[b]
-        quad_a = 0.5 * jnp.sum((za @ m_ab) * za, 1)
+        za_m = za @ m_ab
+        quad_a = 0.5 * jnp.sum(za_m * za, 1)
         quad_b = 0.5 * jnp.sum((zb @ m_ab) * zb, 1)
-        log_q = (log_k[a] + quad_a)[:, None] + (log_k[b] + quad_b)[None, :] + za @ m_ab @ zb.T
+        log_q = (log_k[a] + quad_a)[:, None] + (log_k[b] + quad_b)[None, :] + za_m @ zb.T
         q = jnp.exp(log_q) / jnp.sqrt(jnp.linalg.det(r))
         second = beta[a] @ q @ beta[b]
-        if k_inv is not None:
-            expected_var = jnp.exp(2 * log_signal_std[a]) - jnp.sum(k_inv[a] * q)
-            second = second + jnp.where(a == b, expected_var, 0.0)
+        if with_variance:
+            second = second + jnp.exp(2 * log_signal_std[a]) - jnp.sum(k_inv[a] * q)
         return second
 
-    # Q_ba = Q_ab^T, so only the E (E + 1) / 2 pairs a <= b are computed: the N x N work is most of the cost.
-    rows, cols = np.triu_indices(beta.shape[0])
-    upper = jax.vmap(second_moment)(jnp.asarray(rows), jnp.asarray(cols))
-    second = jnp.zeros((beta.shape[0],) * 2, upper.dtype).at[rows, cols].set(upper).at[cols, rows].set(upper)
+    # Q_ba = Q_ab^T, so only the E (E + 1) / 2 pairs a <= b are computed: the N x N work is most of the cost. The
+    # expected posterior variance (an extra N x N product) enters the E diagonal pairs only.
+    e = beta.shape[0]
+    diag_idx = jnp.arange(e)
+    rows, cols = np.triu_indices(e, 1)
+    diag = jax.vmap(lambda a: second_moment(a, a, k_inv is not None))(diag_idx)
+    upper = jax.vmap(lambda a, b: second_moment(a, b, False))(jnp.asarray(rows), jnp.asarray(cols))
+    second = jnp.diag(diag).at[rows, cols].set(upper).at[cols, rows].set(upper)
     return m, second - jnp.outer(m, m), c
 
 

@@ -446,7 +446,7 @@ class PilcoState(eqx.Module):
     key: jax.Array
 
 
-def _check_config(config: PILCOConfig):
+def _checked_env(config: PILCOConfig):
     if config.horizon < 1 or config.n_iterations < 0 or config.n_basis < 1 or config.pad_multiple < 1 or \
             config.policy_restarts < 0:
         raise ValueError("horizon, n_basis and pad_multiple must be >= 1, n_iterations and policy_restarts >= 0; "
@@ -465,7 +465,7 @@ _rollout = jax.jit(rollout, static_argnums=(0, 1, 4, 5))
 
 def pilco_start(config: PILCOConfig, key: jax.Array) -> tuple[PilcoState, PilcoEpisode]:
     """The initial policy and the random episode. Call under `jax.enable_x64(True)`."""
-    env = _check_config(config)
+    env = _checked_env(config)
     task = cartpole_task(env)
     k_policy, k_random, key = jax.random.split(key, 3)
     policy = init_policy(task, config, k_policy)
@@ -484,7 +484,7 @@ def pilco_start(config: PILCOConfig, key: jax.Array) -> tuple[PilcoState, PilcoE
 def pilco_iteration(config: PILCOConfig, state: PilcoState) -> tuple[PilcoState, PilcoEpisode, GP]:
     """Fit the GPs to every transition so far, optimise the policy on the predicted cost, run one real episode.
     Returns the new state, what the episode measured, and the GP it planned with. Call under x64."""
-    env = _check_config(config)
+    env = _checked_env(config)
     task = cartpole_task(env)
     start = time.perf_counter()
     inputs, targets = np.asarray(state.inputs), np.asarray(state.targets)
@@ -511,7 +511,7 @@ def pilco_iteration(config: PILCOConfig, state: PilcoState) -> tuple[PilcoState,
 
 def train_pilco(config: PILCOConfig, key: jax.Array, progress: Callable[[PilcoEpisode], None] | None = None):
     """Run PILCO; returns (policy, gp, list of PilcoEpisode). Same key -> same numbers."""
-    _check_config(config)
+    _checked_env(config)
     history = []
     gp = None
     with jax.enable_x64(True):

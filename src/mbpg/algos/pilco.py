@@ -25,7 +25,8 @@ one minus the env's reward, so the real cost of an episode is read off its rewar
 
 Not a `train/loop.py` agent: the loop alternates host-side L-BFGS (scipy) with jitted propagation, GP refits whose
 data grow every episode, and real episodes; it does not fit into fixed-size jitted chunks. `train_pilco(config,
-key)` is the function-style trainer.
+key)` is the function-style trainer; `pilco_start` / `pilco_iteration` are its steps over a `PilcoState`, which
+`mbpg train pilco` (`mbpg.train.pilco`) checkpoints after every episode.
 """
 
 from __future__ import annotations

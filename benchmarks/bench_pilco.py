@@ -45,13 +45,14 @@ def run_seed(seed: int, config_fields: dict, out: Path, plot_seed: int):
     import jax
 
     from mbpg.algos.pilco import PILCOConfig, train_pilco
-    from mbpg.train.pilco import plot_cost
+    from mbpg.train.pilco import episode_metrics, plot_cost
 
     csv_path = out / "episodes.csv"
 
     def progress(ep):
-        row = [seed, ep.episode, f"{ep.real_cost.sum():.3f}", f"{np.sum(ep.predicted_mean):.3f}",
-               f"{ep.real_cost[-10:].mean():.3f}", int(ep.success), f"{ep.seconds:.1f}"]
+        m = episode_metrics(ep, len(ep.real_cost))
+        row = [seed, ep.episode, f"{m['real_cost']:.3f}", f"{m['predicted_cost']:.3f}",
+               f"{m['last_second_real_cost']:.3f}", int(m["success"]), f"{m['seconds']:.1f}"]
         with open(csv_path, "a") as f:
             f.write(",".join(map(str, row)) + "\n")
         np.savez(out / f"seed{seed}_episode{ep.episode}.npz", real_cost=ep.real_cost,

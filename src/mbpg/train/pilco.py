@@ -79,17 +79,18 @@ def plot_cost(episode: PilcoEpisode, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _metrics(episode: PilcoEpisode, horizon: int) -> dict:
+def episode_metrics(episode: PilcoEpisode, horizon: int) -> dict:
+    """One episode's row: its real return (H minus its total cost), real and predicted total cost, the real cost of
+    its last second (10 steps at dt 0.1), success, wall seconds. The benchmark's CSV uses the same row."""
     return {"episode": episode.episode, "eval_return": horizon - float(episode.real_cost.sum()),
             "real_cost": float(episode.real_cost.sum()), "predicted_cost": float(np.sum(episode.predicted_mean)),
             "last_second_real_cost": float(episode.real_cost[-10:].mean()), "success": float(episode.success),
             "seconds": episode.seconds}
 
 
-def _load(path: Path, args: PilcoTrainArgs, identity: dict) -> PilcoState:
-    """The checkpointed state; its data arrays have as many rows as the episodes it had run."""
-    metadata = read_metadata(path)
-    rows = int(metadata.get("episodes", 0)) * args.algo.horizon
+def _load(path: Path, metadata: dict, args: PilcoTrainArgs, identity: dict) -> PilcoState:
+    """The checkpointed state; its data arrays have as many rows as the episodes it had run (`metadata`)."""
+    rows = metadata["episodes"] * args.algo.horizon
     template, _ = pilco_start(args.algo, jax.random.key(args.seed))
     template = eqx.tree_at(lambda s: (s.inputs, s.targets), template,
                            (jnp.zeros((rows, template.inputs.shape[1])), jnp.zeros((rows, template.targets.shape[1]))))
@@ -104,7 +105,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
     identity = _identity(args)
     if args.resume:
         try:
-            read_metadata(checkpoint)
+            saved = read_metadata(checkpoint)
         except CheckpointError as error:
             raise ValueError(f"--resume: {error}") from None
     elif checkpoint.exists():
@@ -114,8 +115,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
                   f"-> {out}")
     with jax.enable_x64(True):
         if args.resume:
-            state = _load(checkpoint, args, identity)
-            saved = read_metadata(checkpoint)
+            state = _load(checkpoint, saved, args, identity)
             done, finished = saved["episodes"], saved.get("success", False) and config.stop_on_success
             logger = RunLogger(out, identity, resume_step=done * config.horizon, tensorboard=args.tensorboard)
         else:
@@ -123,7 +123,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
                                      "stop_on_success": config.stop_on_success}, tensorboard=args.tensorboard)
             state, episode = pilco_start(config, jax.random.key(args.seed))
             done, finished = 1, False
-            logger.log(config.horizon, _metrics(episode, config.horizon))
+            logger.log(config.horizon, episode_metrics(episode, config.horizon))
             save_checkpoint(checkpoint, state, {**identity, "episodes": 1, "success": episode.success})
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -132,7 +132,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
                 while done < total and not finished:
                     state, episode, _ = pilco_iteration(config, state)
                     done += 1
-                    metrics = _metrics(episode, config.horizon)
+                    metrics = episode_metrics(episode, config.horizon)
                     logger.log(done * config.horizon, metrics)
                     save_checkpoint(checkpoint, state, {**identity, "episodes": done, "success": episode.success})
                     plot_cost(episode, out / "pilco_cost.png", f"PILCO, seed {args.seed}, episode {done}")

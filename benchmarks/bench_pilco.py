@@ -17,7 +17,8 @@ Seeds run in `--workers` processes (default: one per core), each pinned to its o
 CPU thread pool sizes itself from the process's CPU affinity, so a pinned worker computes single-threaded. Why it
 matters: unpinned, XLA splits every loop of the propagation across both cores and waits at each barrier for the
 slower one, and any other job on the machine (even at nice 19) then makes an evaluation 2-15x slower (measured
-here: the same N = 320 evaluation took 0.6-8.9 s unpinned beside another job, 0.50-0.53 s pinned beside two).
+here with benchmarks/bench_pilco_eval.py: the same N = 320 evaluation took 0.6-8.9 s unpinned beside another job,
+0.50-0.53 s pinned beside two).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mbpg.algos import uim
-from mbpg.envs import double_integrator, random_lqr
+from mbpg.envs import LQR, double_integrator, random_lqr
 from mbpg.gradients import EstimatorOptions, draw_gradient, get_estimator, sample_trajectories, value_gradient
-from mbpg.lab import exact_gradient, exact_return, sample_gradients
+from mbpg.lab import UnstableGainWarning, exact_gradient, exact_return, sample_gradients
 from mbpg.models import perturbed_lqr, relative_dynamics_error
 from mbpg.policies import policy_for
 from mbpg.values import effective_horizon
@@ -132,10 +132,35 @@ def test_acceptance_never_accepts_a_worse_real_return_and_counts_every_episode()
     for episode in result.episodes[1:]:
         recomputed = float(replay_return(jnp.asarray(episode.params, jnp.float32)))
         np.testing.assert_allclose(recomputed, episode.real_return, rtol=1e-5)
-        assert episode.accepted == (episode.real_return > best)
+        assert episode.accepted == (episode.real_return > best and not episode.diverging)
         if episode.accepted:
             best, held = episode.real_return, episode.params
     np.testing.assert_array_equal(result.params, held)
+
+
+def test_a_slowly_destabilising_gain_that_the_truncated_return_prefers_is_flagged():
+    """x0 barely excites the second mode. Gain b kills the first mode at once and makes the second unstable
+    (sqrt(gamma) * 1.08 > 1): its 66-step return beats the stable gain a's, its true J is -inf. costs_diverge flags
+    b and neither a nor a noisy episode of a; the truncated return alone would have accepted b."""
+    env = LQR(A=np.diag([0.5, 1.0]), B=np.eye(2), noise_cov=np.zeros((2, 2)), initial_mean=np.array([1.0, 1e-3]),
+              initial_cov=1e-14 * np.eye(2), gamma=0.9)
+    stable, unstable = np.diag([0.0, -0.5]), np.diag([-0.5, 0.08])
+    horizon = effective_horizon(env.gamma)
+
+    def episode(system, gain):
+        trajectory, _ = uim.real_episode(system, policy_for(system), jnp.asarray(gain, jnp.float32),
+                                         jax.random.key(0), horizon, exploration=0.0)
+        return trajectory.rewards, float(jnp.sum(env.gamma ** jnp.arange(horizon) * trajectory.rewards))
+
+    (rewards_a, return_a), (rewards_b, return_b) = episode(env, stable), episode(env, unstable)
+    assert return_b > return_a
+    with pytest.warns(UnstableGainWarning):
+        assert exact_return(env, unstable) == -np.inf
+    assert uim.costs_diverge(rewards_b, env.gamma) and not uim.costs_diverge(rewards_a, env.gamma)
+    noisy_rewards, _ = episode(env.replace(noise_cov=0.01 * np.eye(2)), stable)
+    assert not uim.costs_diverge(noisy_rewards, env.gamma)
+    assert not uim.costs_diverge(-np.exp(-0.1 * np.arange(horizon)), env.gamma)
+    assert not uim.costs_diverge(np.exp(0.2 * np.arange(horizon)), env.gamma)  # growing rewards are fine
 
 
 def test_uim_fixes_a_30_percent_structured_error_within_10_episodes_and_is_deterministic():

@@ -15,9 +15,11 @@ One iteration:
      gradient, or (default) damped Newton steps that maximise the corrected model's return inside a trust region
      (one trajectory excites some directions of theta only weakly; see `_newton_direction`).
   4. Line search on the real system: try theta + alpha d with alpha = 1, shrink, shrink^2, ...; accept the first
-     trial whose real return beats the current one. Every trial is a real episode and is counted; an accepted
-     trial's episode becomes the next iteration's trajectory, so acceptance costs no extra episode. When
-     `max_shrinks` trials in a row fail, or the model's direction vanishes, UIM stops: no trial is wasted.
+     trial whose real return beats the current one (and whose costs do not grow at the end of the episode: a
+     truncated return hides a slowly destabilising policy, see `costs_diverge`). Every trial is a real episode
+     and is counted; an accepted trial's episode becomes the next iteration's trajectory, so acceptance costs no
+     extra episode. When `max_shrinks` trials in a row fail, or the model's direction vanishes, UIM stops: no
+     trial is wasted.
 
 The paper's analysis assumes deterministic real dynamics. A simulated LQR has noise (start state, process noise,
 exploration), so by default every real trial replays the same random numbers (`common_random_numbers`, the
@@ -90,6 +92,9 @@ class UIMConfig:
     exploration: float = 0.0
     """Scale of the policy's exploration noise in real trials: 0 runs the mean policy (the paper's deterministic
     policies; the model, not exploration, supplies the gradient), 1 the environment's stochastic policy."""
+    reject_diverging: bool = True
+    """Reject a trial whose costs grow, over the last quarter of the episode, faster than the discount shrinks them
+    (`costs_diverge`): its return beyond the horizon is unbounded, however good the truncated return looks."""
 
     def __post_init__(self):
         for name in ("max_episodes", "newton_iterations", "max_shrinks"):
@@ -119,6 +124,8 @@ class Episode(NamedTuple):
     real_return: float
     accepted: bool
     step_length: float
+    diverging: bool = False
+    """Its costs grew at the end of the episode (`costs_diverge`): never accepted, whatever its return."""
 
 
 class UIMResult(NamedTuple):
@@ -196,6 +203,23 @@ def real_episode(env, policy, params, key: jax.Array, horizon: int, exploration:
 
     _, (trajectory, noises) = jax.lax.scan(step, env.reset(key_reset), jax.random.split(key_steps, horizon))
     return trajectory, noises
+
+
+def costs_diverge(rewards, gamma: float) -> bool:
+    """Whether an episode's costs (negative rewards) grow faster at its end than gamma^t discounts them.
+
+    A truncated return cannot see a policy that destabilises the system slowly: on an LQR, a gain with
+    sqrt(gamma) * rho(A + B K) slightly above 1 can start from a state that barely excites the unstable mode, and
+    its first 66 discounted steps then cost less than a stable gain's although its true return is -inf. Over the
+    last quarter of the episode (w steps) the costs of such a policy grow by more than gamma^-w against the quarter
+    before; a stable one's decay, or settle at a noise level. Positive rewards are not checked: growing ones are good.
+    """
+    costs = np.maximum(-np.asarray(rewards, np.float64), 0.0)
+    window = max(1, len(costs) // 4)
+    if len(costs) < 2 * window:
+        return False
+    late, before = costs[-window:].sum(), costs[-2 * window:-window].sum()
+    return bool(late > 0 and late >= before * gamma ** -window)
 
 
 # --- the trainer --------------------------------------------------------------------------------------------
@@ -307,8 +331,9 @@ def train(env, model, params, key: jax.Array, config: UIMConfig = UIMConfig(), *
         *trajectory, value = _run_episode(env, policy, jnp.asarray(p, jnp.result_type(float)), episode_key, horizon,
                                           config.exploration)
         value = float(value)
-        accepted = accepted_if_better and bool(np.isfinite(value)) and value > best
-        episode = Episode(len(episodes) + 1, np.array(p), value, accepted, step_length)
+        diverging = config.reject_diverging and costs_diverge(trajectory[0].rewards, env.gamma)
+        accepted = accepted_if_better and bool(np.isfinite(value)) and value > best and not diverging
+        episode = Episode(len(episodes) + 1, np.array(p), value, accepted, step_length, diverging)
         episodes.append(episode)
         if progress_fn:
             progress_fn(episode)

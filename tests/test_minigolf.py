@@ -96,12 +96,38 @@ def test_model_q_is_the_return_of_the_model_under_the_rules_and_the_time_limit()
     batch = Batch(x, jnp.ones((1, 20)), x, x, jnp.ones((1, 20), bool), x)
     # Deterministic model "every putt stops 0.5 closer": 9 short putts (-1 each) from 5.0, then one that drops.
     q = model_q(env, PuttPolicy(), jnp.zeros(2), jnp.array([1.0, 0.0, -0.5]), jnp.asarray(0.0), batch,
-                jax.random.key(0), 2)
+                jax.random.key(0), 2, model="linear")
     np.testing.assert_allclose(q[0, 0], -sum(GAMMA**k for k in range(9)), rtol=1e-5)
     np.testing.assert_allclose(q[0, 15], -sum(GAMMA**k for k in range(5)), rtol=1e-5)  # 5 putts left at t = 15
     overshoot = model_q(env, PuttPolicy(), jnp.zeros(2), jnp.array([0.0, 0.0, -10.0]), jnp.asarray(0.0), batch,
-                        jax.random.key(0), 2)
+                        jax.random.key(0), 2, model="linear")
     np.testing.assert_allclose(overshoot, -100.0)
+    # 'travel': a putt of strength 1 travels q = 0.45 (the policy putts 1.0 with a negligible std): 11 short putts
+    # leave 0.05, the 12th drops.
+    travel = model_q(env, PuttPolicy(std=1e-6), jnp.array([0.0, 1.0]), jnp.array([0.45]), jnp.asarray(0.0), batch,
+                     jax.random.key(0), 2, model="travel")
+    np.testing.assert_allclose(travel[0, 0], -sum(GAMMA**k for k in range(11)), rtol=1e-4)
+
+
+def test_travel_model_fits_the_mean_travel_factor_of_the_physics():
+    """q = (x - y) / a^2 is (1 + eps)^2 / (2 d) in the physics, mean (1 + noise_std^2) / (2 d): the unweighted
+    fit recovers it (and its std) from real putts; clipped putts below MIN_FIT_ACTION are left out."""
+    from mbpg.algos.gamps_continuous import MIN_FIT_ACTION, PuttPolicy, collect, fit_stop_model
+
+    env = Minigolf()
+    policy = PuttPolicy()
+    params = jnp.array([0.8, 0.0])
+    batch = collect(env, policy, params, jax.random.key(3), 400)
+    buffer = jax.tree.map(lambda a: a[None], batch)
+    (mean,), std = fit_stop_model(env, policy, params, buffer, jnp.ones(1, bool), "ml", 10.0, model="travel")
+    d = float(env.deceleration(jnp.asarray(1.0)))
+    truth_mean = (1 + env.noise_std ** 2) / (2 * d)
+    # Var[(1 + e)^2] = 4 s^2 + 2 s^4 for e ~ N(0, s^2)
+    truth_std = np.sqrt(4 * env.noise_std ** 2 + 2 * env.noise_std ** 4) / (2 * d)
+    used = np.asarray(batch.alive) & (np.clip(np.asarray(batch.actions), 1e-5, 10) >= MIN_FIT_ACTION)
+    assert used.sum() > 1000 and (~used & np.asarray(batch.alive)).sum() > 0  # some putts are left out
+    np.testing.assert_allclose(float(mean), truth_mean, rtol=0.05)
+    np.testing.assert_allclose(float(std), truth_std, rtol=0.1)
 
 
 def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_loop_is_seeded():
@@ -112,7 +138,7 @@ def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_
     params = jnp.array([1.2, 0.0])
     batch = collect(env, policy, params, jax.random.key(1), 6)
     buffer = jax.tree.map(lambda a: a[None], batch)
-    coefficients, _ = fit_stop_model(env, policy, params, buffer, jnp.ones(1, bool), "ml", 10.0)
+    coefficients, _ = fit_stop_model(env, policy, params, buffer, jnp.ones(1, bool), "ml", 10.0, model="linear")
     live = np.asarray(batch.alive)
     inputs = np.stack([np.asarray(batch.x)[live], np.clip(np.asarray(batch.actions)[live], 1e-5, 10.0),
                        np.ones(live.sum())], 1)
@@ -128,3 +154,5 @@ def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_
         ContinuousGAMPSConfig(gradient="mle")
     with pytest.raises(ValueError, match="n_episodes must be >= 2"):
         ContinuousGAMPSConfig(n_episodes=1)
+    with pytest.raises(ValueError, match="model must be one of 'travel', 'linear'"):
+        ContinuousGAMPSConfig(model="quadratic")

@@ -10,11 +10,19 @@ mean return of M model rollouts from each real pair, for the episode's remaining
 
 What the model learns, and what it is told. Minigolf's step is physics (where the putt would stop, y = x -
 u^2 / (2 d), with multiplicative noise on u) followed by rules (`Minigolf.outcome`: short, holed or overshot). The
-model learns the physics, y ~ N(w . [x, a, 1], sigma^2): linear in the putt strength where the truth is
-quadratic with heteroscedastic noise, so the class is misspecified; the rules stay known, as the tabular GAMPS
-keeps the known rewards. Whether gradient-aware weights w_t = gamma^t rho_{0:t} sum_{l<=t} ||g_l|| help is the
-question `benchmarks/bench_gamps_minigolf.py` measures against unit weights (ML) and model-free GPOMDP at equal
-real-episode budgets.
+model learns the physics; the rules stay known, as the tabular GAMPS keeps the known rewards. Two low-capacity
+classes (`ContinuousGAMPSConfig.model`):
+  * "travel" (default, 2 parameters): the distance travelled is a^2 times a Gaussian factor,
+    x - y = a^2 q with q ~ N(mu, sigma^2). The truth is q = (1 + eps)^2 / (2 d): the mean is the right shape, the
+    noise's shape is not (a squared Gaussian, skewed), and on a green whose friction varies (`friction_far`) a
+    single q is misspecified too. Putts weaker than `MIN_FIT_ACTION` (the clip at a_min makes them travel
+    nothing) are left out of the fit.
+  * "linear" (3 parameters): y ~ N(w . [x, a, 1], sigma^2), linear in the putt strength where the truth is
+    quadratic, with one noise level for all putts where the truth's grows with a^2. Measured: with it neither
+    weighted nor unweighted fitting learns (its homoscedastic noise makes short putts near the hole look risky).
+Whether gradient-aware weights w_t = gamma^t rho_{0:t} sum_{l<=t} ||g_l|| help is the question
+`benchmarks/bench_gamps_minigolf.py` measures against unit weights (ML) and model-free GPOMDP at equal
+real-episode budgets, for both classes.
 
 One iteration (`make_train(config)(key)` runs them all in one `lax.scan`; `jax.vmap` over keys runs seeds):
 1. N real episodes with the current policy; their log-probabilities are the behaviour log-probabilities of that
@@ -47,6 +55,11 @@ from mbpg.values import discount_weights, reward_to_go
 
 GAMMA = 0.99
 """Minigolf's discount (the reference code's; the env itself carries none)."""
+MODELS = ("travel", "linear")
+"""The stop-point model classes (see the module docstring)."""
+MIN_FIT_ACTION = 0.1
+"""'travel' fits q = (x - y) / a^2 on putts at least this strong: a weaker (clipped) putt carries no information
+about q and would divide by ~0."""
 
 
 class PuttPolicy(eqx.Module):
@@ -92,6 +105,8 @@ class ContinuousGAMPSConfig:
     """Largest prefix importance ratio kept in the GAMPS weights."""
     policy_std: float = 0.5
     """Fixed standard deviation of the putt strength."""
+    model: Literal["travel", "linear"] = "travel"
+    """The stop-point model class: 'travel' (x - y = a^2 q, q Gaussian) or 'linear' (y linear in [x, a, 1])."""
     initial_params: tuple[float, float] = (1.0, 0.0)
     """theta at the start: mean putt = theta_0 sqrt(x) + theta_1 (1.0: well short of the hole everywhere)."""
     eval_episodes: int = 200
@@ -110,6 +125,8 @@ class ContinuousGAMPSConfig:
                 raise ValueError(f"{name} must be finite and > 0; got {value}.")
         if self.gradient not in ("gamps", "ml", "gpomdp"):
             raise ValueError(f"gradient must be 'gamps', 'ml' or 'gpomdp'; got {self.gradient!r}.")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {self.model!r}.")
 
 
 class Batch(NamedTuple):
@@ -147,13 +164,25 @@ def collect(env: Minigolf, policy: PuttPolicy, params, key, n_episodes: int) -> 
 
 
 def model_inputs(env: Minigolf, x, actions):
-    """[x, clip(a), 1]: the regression inputs (the env clips the putt, so the model sees the clipped one)."""
+    """[x, clip(a), 1]: the 'linear' regression inputs (the env clips the putt, so the model sees the clipped one)."""
     clipped = jnp.clip(actions, env.min_action, env.max_action)
     return jnp.stack([x, clipped, jnp.ones_like(x)], -1)
 
 
-def fit_stop_model(env: Minigolf, policy: PuttPolicy, params, buffer: Batch, filled, gradient: str, clip: float):
-    """Weighted least squares of y on [x, a, 1] over the buffer [K, N, H]; returns (coefficients [3], std)."""
+def n_coefficients(model: str) -> int:
+    return {"travel": 1, "linear": 3}[model]
+
+
+def fit_stop_model(env: Minigolf, policy: PuttPolicy, params, buffer: Batch, filled, gradient: str, clip: float,
+                   model: str = "travel"):
+    """Weighted Gaussian ML fit of the stop-point model over the buffer [K, N, H]: (coefficients, noise std).
+
+    'travel': coefficients [mu] and std sigma of q = (x - y) / a^2; 'linear': least squares of y on [x, a, 1],
+    coefficients [3] and the residual std. The weights are GAMPS's (gradient == "gamps") or ones, on live
+    transitions of filled batches.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}.")
     k, n, h = buffer.x.shape
     flat = jax.tree.map(lambda a: a.reshape(k * n, h), buffer)
     alive = flat.alive.astype(flat.x.dtype) * jnp.repeat(filled.astype(flat.x.dtype), n)[:, None]
@@ -164,21 +193,35 @@ def fit_stop_model(env: Minigolf, policy: PuttPolicy, params, buffer: Batch, fil
         weights = gamps_weights(norms, GAMMA, log_ratios, ratio="clip", clip=clip, mask=alive)
     else:
         weights = alive
-    inputs = model_inputs(env, flat.x, flat.actions).reshape(-1, 3)
-    solution, cov = weighted_least_squares(inputs, flat.stops.reshape(-1, 1), weights.reshape(-1), ridge=1e-6)
-    return solution[:, 0], jnp.sqrt(jnp.maximum(cov[0, 0], 1e-12))
+    if model == "travel":
+        putt = jnp.clip(flat.actions, env.min_action, env.max_action)
+        usable = putt >= MIN_FIT_ACTION
+        weights = jnp.where(usable, weights, 0.0).reshape(-1)
+        ratio = jnp.where(usable, (flat.x - flat.stops) / jnp.where(usable, putt * putt, 1.0), 0.0).reshape(-1, 1)
+        mean, cov = weighted_least_squares(jnp.ones_like(ratio), ratio, weights, ridge=1e-6)
+    else:
+        inputs = model_inputs(env, flat.x, flat.actions).reshape(-1, 3)
+        mean, cov = weighted_least_squares(inputs, flat.stops.reshape(-1, 1), weights.reshape(-1), ridge=1e-6)
+    return mean[:, 0], jnp.sqrt(jnp.maximum(cov[0, 0], 1e-12))
 
 
+def predict_stop(env: Minigolf, model: str, coefficients, noise_std, x, action, key):
+    """One draw of the model's stop point for a putt `action` from x."""
+    noise = noise_std * jax.random.normal(key, (), x.dtype)
+    if model == "travel":
+        putt = jnp.clip(action, env.min_action, env.max_action)
+        return x - putt * putt * (coefficients[0] + noise)
+    return model_inputs(env, x, action) @ coefficients + noise
 
 
-def model_q(env: Minigolf, policy: PuttPolicy, params, coefficients, noise_std, batch: Batch, key, n_rollouts: int):
+def model_q(env: Minigolf, policy: PuttPolicy, params, coefficients, noise_std, batch: Batch, key, n_rollouts: int,
+            model: str = "travel"):
     """Q_hat(x_t, a_t) [N, H]: mean discounted return of model rollouts for the remaining H - t steps."""
     horizon = env.max_episode_steps
 
     def rollout(x, action, steps_left, key):
         def putt(x, action, key):
-            stop = model_inputs(env, x, action) @ coefficients + noise_std * jax.random.normal(key, (), x.dtype)
-            return env.outcome(x, stop)
+            return env.outcome(x, predict_stop(env, model, coefficients, noise_std, x, action, key))
 
         x_next, reward, ended = putt(x, action, jax.random.fold_in(key, 0))
 
@@ -236,10 +279,11 @@ def make_train(env: Minigolf, config: ContinuousGAMPSConfig):
         filled = jnp.concatenate([jnp.ones((1,), bool), filled[:-1]])
         if config.gradient == "gpomdp":
             signal = reward_to_go(batch.rewards * batch.alive, GAMMA)
-            coefficients, noise = jnp.zeros(3), jnp.zeros(())
+            coefficients, noise = jnp.zeros(n_coefficients(config.model)), jnp.zeros(())
         else:
-            coefficients, noise = fit_stop_model(env, policy, params, buffer, filled, config.gradient, config.clip)
-            signal = model_q(env, policy, params, coefficients, noise, batch, key_q, config.n_rollouts)
+            coefficients, noise = fit_stop_model(env, policy, params, buffer, filled, config.gradient, config.clip,
+                                                 config.model)
+            signal = model_q(env, policy, params, coefficients, noise, batch, key_q, config.n_rollouts, config.model)
         gradient = policy_gradient(policy, params, batch, signal)
         updates, opt_state = optimizer.update(-gradient, opt_state, params)
         params = optax.apply_updates(params, updates)

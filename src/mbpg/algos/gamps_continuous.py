@@ -62,6 +62,11 @@ MIN_FIT_ACTION = 0.1
 about q and would divide by ~0."""
 
 
+def check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}.")
+
+
 class PuttPolicy(eqx.Module):
     """a ~ N(theta . phi(x), std^2) with phi(x) = [sqrt(x), 1]: the putt strength is a Gaussian whose mean is
     linear in features of the distance. sqrt(x) because the speed that stops a ball at the hole is sqrt(2 d x);
@@ -125,8 +130,7 @@ class ContinuousGAMPSConfig:
                 raise ValueError(f"{name} must be finite and > 0; got {value}.")
         if self.gradient not in ("gamps", "ml", "gpomdp"):
             raise ValueError(f"gradient must be 'gamps', 'ml' or 'gpomdp'; got {self.gradient!r}.")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {self.model!r}.")
+        check_model(self.model)
 
 
 class Batch(NamedTuple):
@@ -181,8 +185,7 @@ def fit_stop_model(env: Minigolf, policy: PuttPolicy, params, buffer: Batch, fil
     coefficients [3] and the residual std. The weights are GAMPS's (gradient == "gamps") or ones, on live
     transitions of filled batches.
     """
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}.")
+    check_model(model)
     k, n, h = buffer.x.shape
     flat = jax.tree.map(lambda a: a.reshape(k * n, h), buffer)
     alive = flat.alive.astype(flat.x.dtype) * jnp.repeat(filled.astype(flat.x.dtype), n)[:, None]

@@ -131,7 +131,8 @@ def test_travel_model_fits_the_mean_travel_factor_of_the_physics():
 
 
 def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_loop_is_seeded():
-    from mbpg.algos.gamps_continuous import ContinuousGAMPSConfig, PuttPolicy, collect, fit_stop_model, make_train
+    from mbpg.algos.gamps_continuous import (ContinuousGAMPSConfig, PuttPolicy, collect, fit_stop_model, make_train,
+                                             model_q, predict_stop)
 
     env = Minigolf()
     policy = PuttPolicy()
@@ -156,3 +157,7 @@ def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_
         ContinuousGAMPSConfig(n_episodes=1)
     with pytest.raises(ValueError, match="model must be one of 'travel', 'linear'"):
         ContinuousGAMPSConfig(model="quadratic")
+    for call in (lambda: predict_stop(env, "quadratic", coefficients, 0.1, 1.0, 1.0, jax.random.key(0)),
+                 lambda: model_q(env, policy, params, coefficients, 0.1, batch, jax.random.key(0), 1, "quadratic")):
+        with pytest.raises(ValueError, match="model must be one of"):  # not silently the 'linear' class
+            call()

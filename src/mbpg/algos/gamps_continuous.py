@@ -174,6 +174,7 @@ def model_inputs(env: Minigolf, x, actions):
 
 
 def n_coefficients(model: str) -> int:
+    check_model(model)
     return {"travel": 1, "linear": 3}[model]
 
 
@@ -210,6 +211,7 @@ def fit_stop_model(env: Minigolf, policy: PuttPolicy, params, buffer: Batch, fil
 
 def predict_stop(env: Minigolf, model: str, coefficients, noise_std, x, action, key):
     """One draw of the model's stop point for a putt `action` from x."""
+    check_model(model)
     noise = noise_std * jax.random.normal(key, (), x.dtype)
     if model == "travel":
         putt = jnp.clip(action, env.min_action, env.max_action)
@@ -220,6 +222,7 @@ def predict_stop(env: Minigolf, model: str, coefficients, noise_std, x, action, 
 def model_q(env: Minigolf, policy: PuttPolicy, params, coefficients, noise_std, batch: Batch, key, n_rollouts: int,
             model: str = "travel"):
     """Q_hat(x_t, a_t) [N, H]: mean discounted return of model rollouts for the remaining H - t steps."""
+    check_model(model)
     horizon = env.max_episode_steps
 
     def rollout(x, action, steps_left, key):

@@ -23,14 +23,18 @@ import csv
 import warnings
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpg.algos.uim import UIMConfig, certainty_equivalent_gain, train
+from mbpg.algos.uim import (UIMConfig, certainty_equivalent_gain, corrected_gradient, linear_dynamics, real_episode,
+                            train)
 from mbpg.envs import double_integrator, random_lqr
 from mbpg.lab.exact import exact_return
 from mbpg.models import perturbed_lqr
+from mbpg.policies import policy_for
+from mbpg.values import effective_horizon
 from mbpg.values.exact import evaluate_lqr
 
 ENVS = {
@@ -81,6 +85,26 @@ def start_state_ratio(env, gain, start: np.ndarray) -> float:
         return value(gain) / value(env.optimal_gain())
 
 
+@eqx.filter_jit
+def _borrowed_and_true_gradients(real, model, policy, params, key, horizon: int, exploration: float):
+    trajectory, noises = real_episode(real, policy, params, key, horizon, exploration)
+    return tuple(corrected_gradient(linear_dynamics, system, real.reward, policy, params, trajectory, noises,
+                                    real.gamma).ravel() for system in (model, real))
+
+
+def gradient_cosine(real, model, gain, key: jax.Array, config: UIMConfig) -> float:
+    """Cosine between the gradient UIM borrows from the corrected model and the real trial's own gradient at
+    `gain` (the trial's random numbers replayed, as every UIM trial does): UIM's condition that the model's
+    derivatives be roughly right, measured. The real gradient is the same computation with the real (A, B): with
+    the trial's process noise as the time-indexed bias it re-simulates the real trial exactly, so its gradient is
+    the trial return's."""
+    policy = policy_for(real)
+    borrowed, true = (np.asarray(g, np.float64) for g in _borrowed_and_true_gradients(
+        real, model, policy, jnp.asarray(gain, jnp.result_type(float)), key,
+        config.horizon or effective_horizon(real.gamma), config.exploration))
+    return float(borrowed @ true / max(np.linalg.norm(borrowed) * np.linalg.norm(true), 1e-300))
+
+
 def cost_ratio(env, gain, optimum: float) -> float:
     """J(K) / J(K*) (>= 1; inf for a gain that destabilises the real system)."""
     value = float(exact_return(env, gain))
@@ -94,8 +118,10 @@ def run_one(env, system: str, kind: str, draw: int, optimum: float) -> dict:
     ce = cost_ratio(env, start, optimum)
     key = jax.random.fold_in(jax.random.key(7), draw)
     curve = [ce]  # exact cost ratio of the policy UIM holds after each real episode
+    config = UIMConfig(max_episodes=BUDGET)
+    cosine = gradient_cosine(real, model, start, key, config)
     try:
-        result = train(real, model, start, key, UIMConfig(max_episodes=BUDGET))
+        result = train(real, model, start, key, config)
         current = start
         for episode in result.episodes[1:]:
             if episode.accepted:
@@ -110,17 +136,34 @@ def run_one(env, system: str, kind: str, draw: int, optimum: float) -> dict:
     reached = next((i + 1 for i, r in enumerate(curve) if r <= THRESHOLD), None)
     start_state = np.asarray(real.reset(jax.random.split(key)[0]), np.float64)  # the trials' x0 (common numbers)
     trial_ratio = start_state_ratio(env, held, start_state)
-    return dict(system=system, error=kind, draw=draw, ce_ratio=ce, uim_ratio=final, uim_start_ratio=trial_ratio,
+    final_cosine = gradient_cosine(real, model, held, key, config) if np.isfinite(final) else float("nan")
+    return dict(system=system, error=kind, draw=draw, ce_ratio=ce, gradient_cosine=cosine, uim_ratio=final,
+                final_gradient_cosine=final_cosine, uim_start_ratio=trial_ratio,
                 uim_start_pass=trial_ratio <= THRESHOLD and used <= BUDGET, episodes_used=used,
                 episodes_to_5pct=reached, uim_pass=final <= THRESHOLD and used <= BUDGET, ce_pass=ce <= THRESHOLD,
                 stop_reason=reason, curve=curve)
 
 
+def agreeing(group: list[dict], positive: bool) -> str:
+    """'passes/draws' among the draws whose first-gradient cosine is > 0 (positive) or <= 0."""
+    chosen = [r for r in group if np.isfinite(r["gradient_cosine"]) and (r["gradient_cosine"] > 0) == positive]
+    return f"{sum(r['uim_pass'] for r in chosen)}/{len(chosen)}"
+
+
+def stopped_against(group: list[dict]) -> str:
+    """'k/n': of the n draws whose held gain is finite but not within 5% of the trials' x0 optimum, the k where the
+    model's gradient at that gain does not point uphill on the real trial (UIM stopped at the model's stationary
+    point, not the real one)."""
+    short = [r for r in group if np.isfinite(r["uim_start_ratio"]) and not r["uim_start_pass"]]
+    return f"{sum(r['final_gradient_cosine'] <= 0 for r in short)}/{len(short)}"
+
+
 def summarise(rows: list[dict]) -> str:
     lines = ["| env | real system | 30% error | draws | CE within 5% | UIM within 5% in <= 10 ep. | "
              "UIM within 5% from the trials' x0 | median CE ratio | median UIM ratio | median episodes used | "
-             "median episodes to 5% (passes) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "median episodes to 5% (passes) | median first-gradient cosine | UIM within 5% where cosine > 0 / <= 0 | "
+             "stopped short of the x0 optimum: final cosine <= 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = sorted({(r["env"], r["system"], r["error"]) for r in rows},
                     key=lambda g: (list(ENVS).index(g[0]), SYSTEMS.index(g[1]), ERRORS.index(g[2])))
     for env, system, kind in groups:
@@ -132,7 +175,9 @@ def summarise(rows: list[dict]) -> str:
             f"{sum(r['uim_pass'] for r in group)}/{n} | {sum(r['uim_start_pass'] for r in group)}/{n} | "
             f"{np.median([r['ce_ratio'] for r in group]):.3f} | "
             f"{np.median([r['uim_ratio'] for r in group]):.3f} | {np.median([r['episodes_used'] for r in group]):g} | "
-            f"{np.median(reached) if reached else float('nan'):g} |")
+            f"{np.median(reached) if reached else float('nan'):g} | "
+            f"{np.nanmedian([r['gradient_cosine'] for r in group]):.2f} | {agreeing(group, True)} / {agreeing(group, False)} | "
+            f"{stopped_against(group)} |")
     return "\n".join(lines)
 
 
@@ -200,7 +245,11 @@ def main() -> None:
         f"{args.draws}`. Ratio = J(K)/J(K*) (exact, >= 1); pass = ratio <= {THRESHOLD} after <= {BUDGET} real "
         "episodes. CE = the model's optimal gain, no real episode. 'From the trials' x0': the same test on the "
         "noise-free return V_K(x0) / V_K*(x0) from the start state every trial replays, the objective of the "
-        "paper's deterministic, fixed-start setting (J averages over start states, which one trial cannot see).\n\n"
+        "paper's deterministic, fixed-start setting (J averages over start states, which one trial cannot see). "
+        "First-gradient cosine: between the corrected model's gradient at the CE gain along the first trial and "
+        "that trial's real gradient (the same computation with the real A, B), UIM's condition that the model's "
+        "derivatives be roughly right, measured for every draw (NaN where the CE gain's trial diverges); the final cosine is the same at the gain UIM ends "
+        "with (only meaningful away from the optimum, where the real gradient is not ~0).\n\n"
         + table + "\n")
     draw_figure(rows, args.out / "uim_lqr.png")
     print(f"wrote {args.out}/results.csv, report.md, uim_lqr.png")

@@ -404,21 +404,27 @@ def _where_all(flag, new, old):
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
-def _train_step(members, opt_state, xb, yb, config: EnsembleConfig):
+def _train_step(members, opt_state, xb, yb, config: EnsembleConfig, check_parameters: bool = True):
     """One Adam step of every member on its own batch (xb, yb: [n_members, batch, .]). Returns the new members
-    and optimiser state, `ok` [n_members] (finite loss and parameters) and the per-member NLL; the caller decides
-    whether to apply a step that is not ok everywhere."""
+    and optimiser state, `ok` [n_members] (finite loss, and finite new parameters if `check_parameters`) and the
+    per-member NLL; the caller decides whether to apply a step that is not ok everywhere.
+
+    The members' losses are written out one by one rather than vmapped: XLA on CPU then emits one plain matmul per
+    member and layer instead of batched ones, 14% faster per step for MBPO's 7 x 4 x 200 ensemble on 2 cores
+    (10.6 vs 12.3 ms) for about a second more compilation."""
     decays = config.layer_weight_decay()
 
     def objective(members):
-        total, nll = jax.vmap(lambda m, xm, ym: member_loss(m, xm, ym, decays, config.log_var_bound_penalty))(
-            members, xb, yb)
+        losses = [member_loss(jax.tree.map(lambda p: p[i], members), xb[i], yb[i], decays,
+                              config.log_var_bound_penalty) for i in range(xb.shape[0])]
+        total, nll = jnp.stack([t for t, _ in losses]), jnp.stack([n for _, n in losses])
         return jnp.sum(total), (total, nll)
 
     (_, (total, nll)), grads = eqx.filter_value_and_grad(objective, has_aux=True)(members)
     updates, new_opt_state = optax.adam(config.learning_rate).update(grads, opt_state, members)
     new_members = eqx.apply_updates(members, updates)
-    return new_members, new_opt_state, jnp.isfinite(total) & _per_member_all_finite(new_members), nll
+    ok = jnp.isfinite(total)
+    return new_members, new_opt_state, (ok & _per_member_all_finite(new_members)) if check_parameters else ok, nll
 
 
 @eqx.filter_jit
@@ -661,17 +667,19 @@ def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, k
         key, key_batch = jax.random.split(key)
         picks = jax.random.randint(key_batch, (config.n_members, config.batch_size), 0, jnp.maximum(n_train, 1))
         rows = order[n_hold + bootstrap[member_index, picks]]
-        new_members, new_opt_state, ok, _ = _train_step(members, opt_state, x[rows], y[rows], config)
-        accept = ~failed & jnp.all(ok)
-        return (_where_all(accept, new_members, members), _where_all(accept, new_opt_state, opt_state),
-                failed | ~jnp.all(ok), key)
+        # A failed fit returns the model passed in, so a bad step need not be undone here: the loss is checked
+        # every step and the parameters once per epoch (selecting between old and new parameters at every step
+        # cost 7% of the fit).
+        members, opt_state, finite_loss, _ = _train_step(members, opt_state, x[rows], y[rows], config,
+                                                         check_parameters=False)
+        return members, opt_state, failed | ~jnp.all(finite_loss), key
 
     def epoch(carry):
         members, opt_state, best_members, best_mse, failed, since_progress, count = carry
         members, opt_state, failed, _ = jax.lax.fori_loop(
             0, steps_per_epoch, train_step, (members, opt_state, failed, jax.random.fold_in(key_epochs, count)))
         mse, _ = _member_errors(members, x_hold, y_hold, hold_weights)
-        failed = failed | ~jnp.all(jnp.isfinite(mse))
+        failed = failed | ~jnp.all(jnp.isfinite(mse)) | ~jnp.all(_per_member_all_finite(members))
         improved = (mse < best_mse) & ~failed
         significant = jnp.any(improved & (mse < best_mse * (1.0 - config.min_improvement)))
         best_members = _where_member(improved, members, best_members)

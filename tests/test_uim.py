@@ -163,6 +163,24 @@ def test_a_slowly_destabilising_gain_that_the_truncated_return_prefers_is_flagge
     assert not uim.costs_diverge(np.exp(0.2 * np.arange(horizon)), env.gamma)  # growing rewards are fine
 
 
+def test_costs_diverge_rarely_flags_stable_noisy_costs_and_nearly_always_divergent_ones():
+    """Noisy AR(1) costs x_t^2, x' = rho x + 0.1 e (gamma 0.9, 66 steps, from x0 = 0 where the noise floor is all
+    there is): a ratio of two noisy windows exceeds gamma^-w by chance in ~8% of stable episodes (rho = 0.97, the
+    rule of comparing the last two quarters only), three consecutive ratios far less often; a divergent loop
+    (gamma rho^2 = 1.19 > 1) is flagged almost always."""
+    rng = np.random.default_rng(0)
+
+    def flagged(rho, n=1000, horizon=66):
+        x, costs = np.zeros(n), np.empty((n, horizon))
+        for t in range(horizon):
+            costs[:, t] = x * x
+            x = rho * x + 0.1 * rng.standard_normal(n)
+        return np.mean([uim.costs_diverge(-c, 0.9) for c in costs])
+
+    assert flagged(0.97) < 0.02
+    assert flagged(1.15) > 0.95
+
+
 def test_uim_fixes_a_30_percent_structured_error_within_10_episodes_and_is_deterministic():
     """random_lqr with B 30% weaker and A's couplings 30% stronger in the model: the model's optimal gain is 36%
     off in return; UIM on the noise-free real system gets within 5% of the optimum in at most 10 real episodes."""

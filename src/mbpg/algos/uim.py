@@ -93,8 +93,9 @@ class UIMConfig:
     """Scale of the policy's exploration noise in real trials: 0 runs the mean policy (the paper's deterministic
     policies; the model, not exploration, supplies the gradient), 1 the environment's stochastic policy."""
     reject_diverging: bool = True
-    """Reject a trial whose costs grow, over the last quarter of the episode, faster than the discount shrinks them
-    (`costs_diverge`): its return beyond the horizon is unbounded, however good the truncated return looks."""
+    """Reject a trial whose costs grow, window after window over the second half of the episode, faster than the
+    discount shrinks them (`costs_diverge`): its return beyond the horizon is unbounded, however good the truncated
+    return looks."""
 
     def __post_init__(self):
         for name in ("max_episodes", "newton_iterations", "max_shrinks"):
@@ -206,20 +207,26 @@ def real_episode(env, policy, params, key: jax.Array, horizon: int, exploration:
 
 
 def costs_diverge(rewards, gamma: float) -> bool:
-    """Whether an episode's costs (negative rewards) grow faster at its end than gamma^t discounts them.
+    """Whether an episode's costs (negative rewards) grow, over its second half, faster than gamma^t discounts them.
 
     A truncated return cannot see a policy that destabilises the system slowly: on an LQR, a gain with
     sqrt(gamma) * rho(A + B K) slightly above 1 can start from a state that barely excites the unstable mode, and
-    its first 66 discounted steps then cost less than a stable gain's although its true return is -inf. Over the
-    last quarter of the episode (w steps) the costs of such a policy grow by more than gamma^-w against the quarter
-    before; a stable one's decay, or settle at a noise level. Positive rewards are not checked: growing ones are good.
+    its first 66 discounted steps then cost less than a stable gain's although its true return is -inf. The second
+    half of the episode is cut into four windows of w steps; such a policy's window costs grow by at least gamma^-w
+    from each window to the next. A stable policy's costs decay or settle at a noise level, where one ratio of two
+    noisy windows can still exceed gamma^-w by chance but three in a row rarely do: on a noisy AR(1) cost
+    (gamma 0.9, 66 steps, stable rho from 0.9 to 1.03) comparing only the last two quarters flagged 2.6-11% of
+    episodes, three consecutive ratios 0.0-1.5%, while still flagging 92-100% of those with rho >= 1.08 (and 52% at
+    rho = 1.06, where gamma rho^2 = 1.01 barely diverges). Short episodes with gamma near 1 stay hard (20 steps at
+    gamma 0.99: 5-12% of stable episodes flagged). Positive rewards are not checked: growing ones are good.
     """
     costs = np.maximum(-np.asarray(rewards, np.float64), 0.0)
-    window = max(1, len(costs) // 4)
-    if len(costs) < 2 * window:
+    pieces = 4
+    window = len(costs) // (2 * pieces)
+    if window < 1:
         return False
-    late, before = costs[-window:].sum(), costs[-2 * window:-window].sum()
-    return bool(late > 0 and late >= before * gamma ** -window)
+    sums = costs[len(costs) - pieces * window:].reshape(pieces, window).sum(1)
+    return bool(sums[-1] > 0 and np.all(sums[1:] >= sums[:-1] * gamma ** -window))
 
 
 # --- the trainer --------------------------------------------------------------------------------------------

@@ -149,6 +149,19 @@ def test_fit_buffer_ignores_rows_past_size_and_keeps_the_model_on_divergence():
     assert_same_arrays(kept, model)
 
 
+def test_fit_buffer_that_diverges_mid_fit_on_finite_data_returns_the_model_passed_in():
+    """A learning rate of 1e6 on finite data trains for a few epochs before the parameters overflow: the loss is
+    checked every step and the parameters once per epoch, and either way the fit must report the failure and hand
+    back the model it was given."""
+    config = EnsembleConfig(n_members=3, n_elites=2, hidden=(16,), max_epochs=10, learning_rate=1e6)
+    model = init_ensemble(config, 3, 1, jax.random.key(0))
+    data = pendulum_data(jax.random.key(5), 300)
+    kept, info = eqx.filter_jit(fit_buffer)(model, *[data[k] for k in ("obs", "action", "next_obs", "reward")], 300,
+                                            jax.random.key(1))
+    assert bool(info.failed) and int(info.epochs) > 1  # it diverged mid-fit, not at the first step
+    assert_same_arrays(kept, model)
+
+
 def test_predict_batch_gives_each_row_one_elites_prediction_balanced(refreshed):
     _, _, state, _, data, _ = refreshed
     model = state.model

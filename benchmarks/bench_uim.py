@@ -176,8 +176,8 @@ def summarise(rows: list[dict]) -> str:
             f"{np.median([r['ce_ratio'] for r in group]):.3f} | "
             f"{np.median([r['uim_ratio'] for r in group]):.3f} | {np.median([r['episodes_used'] for r in group]):g} | "
             f"{np.median(reached) if reached else float('nan'):g} | "
-            f"{np.nanmedian([r['gradient_cosine'] for r in group]):.2f} | {agreeing(group, True)} / {agreeing(group, False)} | "
-            f"{stopped_against(group)} |")
+            f"{np.nanmedian([r['gradient_cosine'] for r in group]):.2f} | "
+            f"{agreeing(group, True)} / {agreeing(group, False)} | {stopped_against(group)} |")
     return "\n".join(lines)
 
 
@@ -248,8 +248,9 @@ def main() -> None:
         "paper's deterministic, fixed-start setting (J averages over start states, which one trial cannot see). "
         "First-gradient cosine: between the corrected model's gradient at the CE gain along the first trial and "
         "that trial's real gradient (the same computation with the real A, B), UIM's condition that the model's "
-        "derivatives be roughly right, measured for every draw (NaN where the CE gain's trial diverges); the final cosine is the same at the gain UIM ends "
-        "with (only meaningful away from the optimum, where the real gradient is not ~0).\n\n"
+        "derivatives be roughly right, measured for every draw (NaN where the CE gain's trial diverges); the "
+        "final cosine is the same at the gain UIM ends with (only meaningful away from the optimum, where the "
+        "real gradient is not ~0).\n\n"
         + table + "\n")
     draw_figure(rows, args.out / "uim_lqr.png")
     print(f"wrote {args.out}/results.csv, report.md, uim_lqr.png")

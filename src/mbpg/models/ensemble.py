@@ -409,9 +409,10 @@ def _train_step(members, opt_state, xb, yb, config: EnsembleConfig, check_parame
     and optimiser state, `ok` [n_members] (finite loss, and finite new parameters if `check_parameters`) and the
     per-member NLL; the caller decides whether to apply a step that is not ok everywhere.
 
-    The members stay vmapped (batched matmuls). Writing their losses out one by one gives plain matmuls, 14% faster
-    per step for MBPO's 7 x 4 x 200 ensemble on 2 cores (10.6 vs 12.3 ms), but rounds differently in the last
-    bit, which changes every learned-model result downstream; not worth ~1% of an MBPO env step."""
+    The members stay vmapped (batched matmuls). Writing their losses out one by one gives plain matmuls, faster
+    per step for MBPO's 7 x 4 x 200 ensemble on 2 cores (10.6 vs 12.3 ms in a one-off timing, refresh 1.88 ->
+    1.79 s in bench_mbpo_parts.py), but rounds differently in the last bit, which changes every learned-model
+    result downstream; not worth ~1% of an MBPO env step."""
     decays = config.layer_weight_decay()
 
     def objective(members):
@@ -668,7 +669,7 @@ def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, k
         rows = order[n_hold + bootstrap[member_index, picks]]
         # A failed fit returns the model passed in, so a bad step need not be undone here: the loss is checked
         # every step and the parameters once per epoch (selecting between old and new parameters at every step
-        # cost 7% of the fit).
+        # made MBPO's refresh 2.01 s instead of 1.84, benchmarks/bench_mbpo_parts.py on a 2-core Xeon).
         members, opt_state, finite_loss, _ = _train_step(members, opt_state, x[rows], y[rows], config,
                                                          check_parameters=False)
         return members, opt_state, failed | ~jnp.all(finite_loss), key

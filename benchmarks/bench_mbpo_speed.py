@@ -83,7 +83,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench_sb3 import EVAL_EPISODES, SPEED_TARGET, ensure_venv, run_driver, short_path
+from bench_sb3 import EVAL_EPISODES, SPEED_TARGET, ensure_venv, return_verdict, run_driver, short_path
 from mbrl_driver import CONFIG_FILES, PENDULUM_CHANGES
 
 HERE = Path(__file__).resolve().parent
@@ -356,9 +356,9 @@ def main() -> None:
     if theirs and ours:
         ratio = ours["steps_per_second"] / base
         record["ratio"] = ratio
-        console.print(f"target >= {SPEED_TARGET:g}x and return >= mbrl-lib: speed "
+        console.print(f"target >= {SPEED_TARGET:g}x and equal or better return: speed "
                       f"{'yes' if ratio >= SPEED_TARGET else 'NO'} ({ratio:.2f}x), return "
-                      f"{'yes' if ours['eval_return'] >= theirs['eval_return'] else 'NO'}; mbpg reaches "
+                      f"{return_verdict(ours, theirs)}; mbpg reaches "
                       f"{ratio / (bound / base):.0%} of the bound's {bound / base:.1f}x")
     versions = {name: metadata.version(name) for name in ("mbpg", "jax", "jaxlib", "equinox", "optax", "numpy")}
     console.print(f"mbpg side: python {platform.python_version()}, "

@@ -56,6 +56,38 @@ def test_add_valid_appends_only_valid_rows_in_order_and_wraps():
     assert replay.data["x"].tolist() == [12, 3, 4, 10, 11] and int(replay.size) == 5 and int(replay.position) == 1
 
 
+def test_sample_recent_draws_only_the_newest_size_rows_of_a_wrapped_buffer():
+    replay = add_valid(Replay.create({"x": jnp.zeros(())}, 5), {"x": jnp.arange(1.0, 8.0)}, jnp.ones(7, bool))
+    assert replay.data["x"].tolist() == [6, 7, 3, 4, 5] and int(replay.position) == 2
+    kept = dataclasses.replace(replay, size=jnp.asarray(3, jnp.int32))
+    drawn = set(kept.sample_recent(jax.random.key(0), 200)["x"].tolist())
+    assert drawn == {5.0, 6.0, 7.0}  # the three newest rows, all of them, and nothing older
+    assert set(replay.sample_recent(jax.random.key(0), 200)["x"].tolist()) == {3.0, 4.0, 5.0, 6.0, 7.0}
+
+
+def test_k_schedule_retains_model_retain_epochs_at_the_current_k(refreshed):
+    """MBPO resizes its model pool to retain_epochs * rollouts per epoch * k whenever k changes. Here k is still 1
+    of k_max = 3: the buffer (sized for k = 3) must keep one epoch of k = 1 rollouts, not three (review finding:
+    it kept model_retain_epochs * k_max / k epochs)."""
+    _, state, _, _, _, _ = refreshed
+    config = dataclasses.replace(TINY, k_max=3, k_first_epoch=100, k_last_epoch=200)
+    agent = MBPO(config, Pendulum())
+    replay = dataclasses.replace(agent.init(jax.random.key(0)).sac.replay, real=state.sac.replay.real)
+    assert replay.model_recent  # set by init under a k schedule
+    state = dataclasses.replace(state, sac=dataclasses.replace(state.sac, replay=replay))
+    refresh = eqx.filter_jit(agent.refresh_model)
+    state, _ = refresh(state, jax.random.key(3))
+    state, metrics = refresh(state, jax.random.key(4))
+    one_epoch = config.epoch_length * config.rollouts_per_step  # at k = 1
+    model = state.sac.replay.model
+    assert model.capacity == 3 * one_epoch and int(model.position) == 2 * one_epoch
+    assert int(model.size) == one_epoch and metrics["model_buffer_size"] == one_epoch
+    newest = np.asarray(model.data["next_obs"][one_epoch:2 * one_epoch])
+    batch = state.sac.replay.sample(jax.random.key(5), 64)
+    rows = np.asarray(batch["next_obs"][agent.n_real:])
+    assert (np.abs(rows[:, None, :] - newest[None]).max(-1).min(1) == 0).all()  # only the second refresh's rows
+
+
 def test_batches_mix_real_and_model_rows_in_the_configured_ratio():
     example = {"reward": jnp.zeros(())}
     real = add_valid(Replay.create(example, 50), {"reward": jnp.ones(30)}, jnp.ones(30, bool))

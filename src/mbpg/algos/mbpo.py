@@ -65,8 +65,10 @@ class MBPOConfig:
     lie in [0, 1]; it is rounded to a whole number of the batch's transitions."""
     # real data
     random_steps: int = 250
-    """Uniform-random actions before the first model fit and the first SAC update; a positive multiple of
-    retrain_interval, so that learning starts right after a fit (the model buffer is never empty then)."""
+    """Real steps before the first model fit and the first SAC update, taken with uniform-random actions (and
+    one more: the first step after that fit still acts at random, since SAC's behaviour switches to the policy
+    only once learning has started); a positive multiple of retrain_interval, so that learning starts right after
+    a fit (the model buffer is never empty then)."""
     buffer_size: int = 100_000
     """Capacity of the real replay buffer. Fixed, so a run's state keeps its shapes (checkpoints, --resume,
     vmapped seeds); every model fit reads the whole buffer through a mask, so do not make it much larger than
@@ -90,8 +92,9 @@ class MBPOConfig:
     """Real steps per epoch, the unit of the k schedule and of model-buffer retention (MBPO's 1000; mbrl-lib's
     inverted pendulum uses 250)."""
     model_retain_epochs: int = 1
-    """Epochs of rollouts the model buffer keeps: its capacity is model_retain_epochs * epoch_length *
-    rollouts_per_step * k_max transitions, the oldest overwritten first (MBPO's 1)."""
+    """Epochs of rollouts the model buffer keeps (MBPO's 1): SAC samples the model_retain_epochs * epoch_length *
+    rollouts_per_step * k most recent model transitions at the current rollout length k, as MBPO resizes its pool
+    whenever k changes. The buffer's capacity is that number at k_max, the oldest rows overwritten first."""
     ensemble_members: int = 7
     """Networks in the probabilistic ensemble."""
     ensemble_elites: int = 5
@@ -159,6 +162,9 @@ class MixedReplay(eqx.Module):
     real: Replay
     model: Replay
     n_real: int = eqx.field(static=True)
+    model_recent: bool = eqx.field(static=True, default=False)
+    """Sample the model buffer's `size` most recent rows (`Replay.sample_recent`); set under a k schedule, where
+    `refresh_model` lowers `size` to the retention of the current k."""
 
     def add(self, item: dict) -> MixedReplay:
         return dataclasses.replace(self, real=self.real.add(item))
@@ -166,7 +172,8 @@ class MixedReplay(eqx.Module):
     def sample(self, key: jax.Array, batch_size: int) -> dict:
         key_real, key_model = jax.random.split(key)
         real = self.real.sample(key_real, self.n_real)
-        model = self.model.sample(key_model, batch_size - self.n_real)
+        sample_model = self.model.sample_recent if self.model_recent else self.model.sample
+        model = sample_model(key_model, batch_size - self.n_real)
         return {k: jnp.concatenate([real[k], model[k]]) for k in real}
 
 
@@ -227,6 +234,7 @@ class MBPO:
         self.steps_per_chunk = c.retrain_interval
         self.n_rollouts = c.rollouts_per_step * c.retrain_interval
         self.model_capacity = c.model_retain_epochs * c.epoch_length * c.rollouts_per_step * c.k_max
+        self.k_scheduled = c.k_min != c.k_max
         self.n_real = int(round(c.real_ratio * c.batch_size))
 
     def init(self, key) -> MBPOState:
@@ -236,7 +244,7 @@ class MBPO:
         example = {"obs": obs, "action": jnp.zeros(self.spec.action_dim), "reward": jnp.zeros(()),
                    "next_obs": obs, "terminated": jnp.zeros((), bool)}
         replay = MixedReplay(Replay.create(example, self.config.buffer_size),
-                             Replay.create(example, self.model_capacity), self.n_real)
+                             Replay.create(example, self.model_capacity), self.n_real, self.k_scheduled)
         model = init_ensemble(self.ensemble_config, self.spec.obs_dim, self.spec.action_dim, key_model)
         return MBPOState(dataclasses.replace(sac, replay=replay), model)
 
@@ -286,6 +294,10 @@ class MBPO:
         transitions, valid = self.branch(sac.actor, model, real["obs"][rows], k, key_branch)
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), transitions)
         model_replay = add_valid(replay.model, flat, valid.reshape(-1) & learning)
+        if self.k_scheduled:  # keep model_retain_epochs epochs at the current k, as MBPO resizes its pool
+            c = self.config
+            retained = c.model_retain_epochs * c.epoch_length * c.rollouts_per_step * k
+            model_replay = dataclasses.replace(model_replay, size=jnp.minimum(model_replay.size, retained))
         sac = dataclasses.replace(sac, replay=dataclasses.replace(replay, model=model_replay))
         elite_mse = jnp.mean(fit.holdout_mse[model.elites])
         metrics = {"model_epochs": fit.epochs.astype(jnp.float32), "model_failed": fit.failed.astype(jnp.float32),

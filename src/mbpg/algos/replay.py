@@ -28,3 +28,11 @@ class Replay(eqx.Module):
     def sample(self, key: jax.Array, batch_size: int) -> dict:
         indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(self.size, 1))
         return {k: v[indices] for k, v in self.data.items()}
+
+    def sample_recent(self, key: jax.Array, batch_size: int) -> dict:
+        """Uniform over the `size` most recently written rows, counted back from `position`: the buffer then
+        keeps fewer rows than it holds when `size` is lowered below the rows written (MBPO's model buffer, whose
+        retention follows the rollout length). Same draws as `sample`, other rows, so `sample` stays the default."""
+        back = jax.random.randint(key, (batch_size,), 0, jnp.maximum(self.size, 1))
+        indices = (self.position - 1 - back) % self.capacity
+        return {k: v[indices] for k, v in self.data.items()}

@@ -130,7 +130,8 @@ class SVGInfConfig:
     model_hidden: tuple[int, ...] = (128, 128)
     """Hidden widths of the Gaussian dynamics model."""
     model_members: int = 1
-    """Members of the Gaussian model ensemble (each episode uses a random one)."""
+    """Members of the Gaussian model ensemble: each policy update draws one at random, which explains and
+    re-simulates every episode of its chunk (one episode with the default chunk_steps)."""
     reward: Literal["known", "learned"] = "known"
     """Reward of the re-simulated steps: the env's own function (Pendulum-v1) or a learned model output."""
     chunk_steps: int = 200

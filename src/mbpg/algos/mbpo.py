@@ -233,9 +233,15 @@ class MBPO:
             batch_size=c.model_batch_size, max_epochs=c.model_max_epochs, predict_reward=self.reward_fn is None)
         self.steps_per_chunk = c.retrain_interval
         self.n_rollouts = c.rollouts_per_step * c.retrain_interval
-        self.model_capacity = c.model_retain_epochs * c.epoch_length * c.rollouts_per_step * c.k_max
+        self.model_capacity = self.model_retention(c.k_max)
         self.k_scheduled = c.k_min != c.k_max
         self.n_real = int(round(c.real_ratio * c.batch_size))
+
+    def model_retention(self, k):
+        """Model transitions kept at rollout length k: model_retain_epochs epochs of rollouts_per_step rollouts
+        of k steps per real step (MBPO's pool size)."""
+        c = self.config
+        return c.model_retain_epochs * c.epoch_length * c.rollouts_per_step * k
 
     def init(self, key) -> MBPOState:
         key_sac, key_model = jax.random.split(key)
@@ -294,10 +300,11 @@ class MBPO:
         transitions, valid = self.branch(sac.actor, model, real["obs"][rows], k, key_branch)
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), transitions)
         model_replay = add_valid(replay.model, flat, valid.reshape(-1) & learning)
-        if self.k_scheduled:  # keep model_retain_epochs epochs at the current k, as MBPO resizes its pool
-            c = self.config
-            retained = c.model_retain_epochs * c.epoch_length * c.rollouts_per_step * k
-            model_replay = dataclasses.replace(model_replay, size=jnp.minimum(model_replay.size, retained))
+        # Keep model_retain_epochs epochs at the current k, as MBPO resizes its pool; with a constant k the
+        # capacity already is that retention (and the program stays the one without this clamp).
+        if self.k_scheduled:
+            model_replay = dataclasses.replace(model_replay,
+                                               size=jnp.minimum(model_replay.size, self.model_retention(k)))
         sac = dataclasses.replace(sac, replay=dataclasses.replace(replay, model=model_replay))
         elite_mse = jnp.mean(fit.holdout_mse[model.elites])
         metrics = {"model_epochs": fit.epochs.astype(jnp.float32), "model_failed": fit.failed.astype(jnp.float32),

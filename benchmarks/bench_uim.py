@@ -41,7 +41,7 @@ ENVS = {
     "double-integrator": lambda: double_integrator(),
     "random-lqr": lambda: random_lqr(state_dim=3, action_dim=2, seed=0),
 }
-ERRORS = ("random", "increment", "structured")
+ERRORS = ("random", "increment", "entrywise", "structured")
 SYSTEMS = ("deterministic", "noisy")
 EPS, THRESHOLD, BUDGET = 0.3, 1.05, 10
 
@@ -60,6 +60,22 @@ def increment_error(env, eps: float, key: jax.Array):
                        B=B + eps * np.linalg.norm(B) * direction(key_b, B.shape))
 
 
+def entrywise_error(env, eps: float, key: jax.Array):
+    """Every entry of A - I and of B scaled by 1 + eps or 1 - eps, the sign drawn at random per entry: each
+    coefficient off by exactly 30%, the structured row's fixed sign pattern replaced by random ones (a dynamics
+    matrix's diagonal near 1 is kept, as in `increment_error`: scaling A's own diagonal by 0.7 is not a model of a
+    discretised system)."""
+    key_a, key_b = jax.random.split(key)
+    A, B = np.asarray(env.A, np.float64), np.asarray(env.B, np.float64)
+    eye = np.eye(A.shape[0])
+
+    def signs(key, shape):
+        return np.asarray(jax.random.rademacher(key, shape), np.float64)
+
+    return env.replace(A=eye + (A - eye) * (1.0 + eps * signs(key_a, A.shape)),
+                       B=B * (1.0 + eps * signs(key_b, B.shape)))
+
+
 def structured_error(env, eps: float):
     """B_hat = (1 - eps) B; A's off-diagonal entries times (1 + eps)."""
     A = np.asarray(env.A, np.float64)
@@ -72,6 +88,8 @@ def make_model(env, kind: str, draw: int):
         return perturbed_lqr(env, EPS, key)
     if kind == "increment":
         return increment_error(env, EPS, key)
+    if kind == "entrywise":
+        return entrywise_error(env, EPS, key)
     return structured_error(env, EPS)
 
 

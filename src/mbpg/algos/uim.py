@@ -34,12 +34,14 @@ benchmark measures how often that happens. The trust region limits it, nothing i
 The initial parameters are the caller's; the paper starts from the policy that is optimal in the approximate
 model (`certainty_equivalent_gain` for LQR), which is also the baseline a reader compares UIM with.
 
-"Off by 30%": benchmarks/bench_uim.py measures three definitions of a 30%-wrong LQR model, each over 20 draws:
+"Off by 30%": benchmarks/bench_uim.py measures four definitions of a 30%-wrong LQR model, each over 20 draws:
   * random:     ||A_hat - A||_F = 0.3 ||A||_F and ||B_hat - B||_F = 0.3 ||B||_F, each error in a uniformly random
                 direction (`mbpg.models.perturbed_lqr(env, 0.3, key)`).
   * increment:  ||A_hat - A||_F = 0.3 ||A - I||_F and ||B_hat - B||_F = 0.3 ||B||_F, random directions: the
                 model's predicted state *change* x' - x is off by 30%. For a discretised physical system
                 (A = I + dt A_c) this is the natural scale; 'random' is then a several-fold error on A - I.
+  * entrywise:  every entry of A - I and of B times 1 + 0.3 or 1 - 0.3, the sign random per entry: each
+                coefficient off by exactly 30%.
   * structured: B_hat = 0.7 B (actuators 30% weaker than modelled) and A's off-diagonal entries times 1.3.
 UIM needs the model's *derivatives* to be roughly right (the paper's condition): where a draw makes the corrected
 model's gradient point away from the real one, no line search can help, and the benchmark counts it as a failure.

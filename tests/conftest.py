@@ -1,4 +1,22 @@
-import jax
+"""Shared fixtures. Also gives the whole test session one persistent JAX compilation cache, in a fresh temporary
+directory, before JAX is imported: the xdist workers and the `mbpg` subprocesses of the CLI tests (which inherit
+the environment) compile many of the same programs, and each is then compiled once per session rather than once per
+process. The directory is new every session, so no test can pass on a program compiled by an older tree; a cached
+executable is the same compiled program, so every number is the same as without the cache. Set
+JAX_COMPILATION_CACHE_DIR yourself to choose (or keep) the directory."""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process to get here (pytest's main one) creates it
+    _cache = tempfile.mkdtemp(prefix="mbpg-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 

@@ -17,7 +17,7 @@ from mbpg.models import (
     predict_ensemble,
     predict_ensemble_all,
 )
-from mbpg.models.ensemble import bootstrap_indices, epoch_batches
+from mbpg.models.ensemble import bootstrap_indices, epoch_batches, predict_batch
 
 SMALL = EnsembleConfig(n_members=3, n_elites=2, hidden=(32, 32))
 
@@ -70,7 +70,7 @@ def test_fit_learns_the_pendulum_dynamics(data, fitted):
     assert report.epochs == report.train_nll.shape[0] == report.holdout_mse_history.shape[0] >= 2
     assert np.all(report.train_nll[-1] < report.train_nll[0] - 1.0)
     assert np.all(report.holdout_nll[-1] < report.holdout_nll[0])
-    assert report.stopped_early == (report.epochs < SMALL.max_epochs)
+    assert report.stopped_early or report.epochs == SMALL.max_epochs  # patience may also run out in the last
 
 
 def test_members_disagree_a_little_and_do_not_collapse(data, fitted):
@@ -101,6 +101,25 @@ def test_bootstrap_is_drawn_once_and_only_reshuffled_between_epochs():
     assert not np.array_equal(orders[0], orders[1])
 
 
+def test_fit_trains_every_epoch_on_the_same_per_member_resample(data, monkeypatch):
+    """The resample is drawn once per fit (redrawing it every epoch collapses the members, the bug ALGORITHMS.md
+    warns of): the bootstrap that fit hands each epoch is recorded and must never change."""
+    import mbpg.models.ensemble as ensemble
+
+    seen, original = [], ensemble._epoch
+
+    def recording(members, opt_state, best_members, best_mse, key, bootstrap, *rest, **kwargs):
+        seen.append(np.asarray(bootstrap))
+        return original(members, opt_state, best_members, best_mse, key, bootstrap, *rest, **kwargs)
+
+    monkeypatch.setattr(ensemble, "_epoch", recording)
+    config = dataclasses.replace(SMALL, max_epochs=3, patience=10)
+    fit_ensemble(init_ensemble(config, 3, 1, jax.random.key(1)), *(a[:600] for a in data), jax.random.key(2))
+    assert len(seen) == 3
+    assert all(np.array_equal(seen[0], later) for later in seen[1:])
+    assert not np.array_equal(seen[0][0], seen[0][1])
+
+
 def test_elites_are_the_members_with_the_lowest_holdout_mse(data, fitted):
     _, model, report = fitted
     means, _, targets, _ = holdout_predictions(model, data, report)
@@ -125,15 +144,44 @@ def test_log_variance_stays_inside_its_soft_bounds_far_from_the_data(fitted):
     assert np.all(upper - lower > 1.0)  # the penalty pulls the bounds together but they still bound a range
 
 
-def test_nan_in_a_target_raises_naming_the_member(data):
+def first_batch_holding(row: int, n: int, key: jax.Array):
+    """(members, epoch, batch) of the first training batch that contains `row`, or None if `row` is in the
+    holdout: fit's key use (split, one bootstrap per fit, a reshuffle per epoch) rebuilt from its parts."""
+    n_hold = min(int(n * SMALL.holdout_fraction), SMALL.max_holdout)
+    key_split, key_boot, key_epochs = jax.random.split(key, 3)
+    train_rows = np.asarray(jax.random.permutation(key_split, n))[n_hold:]
+    if row not in train_rows:
+        return None
+    position = int(np.flatnonzero(train_rows == row)[0])
+    boot = bootstrap_indices(key_boot, SMALL.n_members, n - n_hold)
+    for epoch in range(SMALL.max_epochs):
+        hits = (np.asarray(epoch_batches(jax.random.fold_in(key_epochs, epoch), boot, SMALL.batch_size))
+                == position).any(-1)  # [batches, members]
+        if hits.any():
+            batch = int(np.flatnonzero(hits.any(1))[0])
+            return tuple(int(m) for m in np.flatnonzero(hits[batch])), epoch, batch
+    return None
+
+
+@pytest.mark.parametrize("row, split", [(5, "train"), (123, "holdout")])  # where key 2 puts the row
+def test_nan_in_a_target_raises_naming_the_member(data, row, split):
     obs, actions, next_obs, rewards = (a.copy() for a in data)
-    rewards[123] = np.nan
+    rewards[row] = np.nan
     model = init_ensemble(SMALL, 3, 1, jax.random.key(1))
-    with pytest.raises(ModelDivergenceError, match=r"member.*epoch 0.*row\(s\) \[123\]") as caught:
+    with pytest.raises(ModelDivergenceError, match=rf"epoch 0.*row\(s\) \[{row}\]") as caught:
         fit_ensemble(model, obs, actions, next_obs, rewards, jax.random.key(2))
     error = caught.value
-    assert isinstance(error, ValueError) and error.members and error.epoch == 0
-    assert all(f"{m}" in str(error) for m in error.members)
+    expected = first_batch_holding(row, len(obs), jax.random.key(2))
+    assert (expected is None) == (split == "holdout")
+    if expected is None:  # the holdout is scored with every member
+        assert (error.members, error.epoch, error.batch) == ((0, 1, 2), 0, None)
+        assert "holdout evaluation" in str(error)
+    else:
+        assert (error.members, error.epoch, error.batch) == expected
+        named = ", ".join(map(str, expected[0]))
+        assert f"member{'s' if len(expected[0]) > 1 else ''} {named} (of 3)" in str(error)
+        assert f"batch {expected[2]}" in str(error)
+    assert isinstance(error, ValueError)
     assert all_finite(error.last_good_model)
 
 
@@ -168,6 +216,29 @@ def test_predict_is_jittable_vmappable_and_samples_an_elite(data, fitted):
     gaps = np.abs(elite_means - np.concatenate([mean_obs, mean_rewards[:, None]], 1)[:, None]).max(-1)
     assert np.all(gaps.min(1) < 1e-5)  # the deterministic prediction is one elite's mean
     assert not np.allclose(next_obs, mean_obs)  # the default samples
+
+
+@pytest.mark.parametrize("n", [6, 7, 10])
+def test_predict_batch_balances_the_elites_and_gives_each_row_a_uniform_one(n):
+    """Whatever N, every call splits the rows over the elites as evenly as possible, and over many calls each row
+    is served by each elite 1/n_elites of the time (cutting the permutation into consecutive groups left two of 5
+    elites idle at N = 6). Untrained members suffice: their means differ, which identifies the elite per row."""
+    model = init_ensemble(EnsembleConfig(n_members=7, n_elites=5, hidden=(8,)), 3, 1, jax.random.key(0))
+    obs, actions = jax.random.normal(jax.random.key(1), (n, 3)), jax.random.normal(jax.random.key(2), (n, 1))
+    draws = 1000
+    next_obs, rewards = jax.jit(jax.vmap(lambda k: predict_batch(model, obs, actions, k, deterministic=True)))(
+        jax.random.split(jax.random.key(3), draws))
+    means, _ = jax.vmap(predict_ensemble_all, in_axes=(None, 0, 0))(model, obs, actions)
+    elite_means = np.asarray(means)[:, np.asarray(model.elites)]  # [n, 5, 4]
+    predictions = np.concatenate([np.asarray(next_obs), np.asarray(rewards)[..., None]], -1)  # [draws, n, 4]
+    gaps = np.abs(elite_means[None] - predictions[:, :, None]).max(-1)  # [draws, n, 5]
+    assert (gaps.min(-1) < 1e-5).all()  # each row is one elite's prediction
+    which = gaps.argmin(-1)
+    per_call = np.stack([np.bincount(w, minlength=5) for w in which])
+    assert per_call.max() - per_call.min(1).min() <= 1 and (per_call.max(1) - per_call.min(1) <= 1).all()
+    share = np.stack([(which == e).mean(0) for e in range(5)])  # [5, n]: how often elite e served row i
+    # Binomial(1000, 0.2) per entry: 4.5 standard errors is 0.057.
+    assert np.abs(share - 0.2).max() < 4.5 * np.sqrt(0.2 * 0.8 / draws), np.round(share, 3)
 
 
 def test_model_env_steps_under_jit_and_with_autoreset(data, fitted):

@@ -11,7 +11,8 @@ One iteration:
      from f_hat. That is why a crude model suffices: its derivatives, not its predictions, have to be roughly
      right.
   3. Find an improvement direction d in the corrected model by autodiff through it along the real trajectory
-     (the policy's exploration noise e_t is inferred from the real actions and replayed, as in SVG): either its
+     (the policy's exploration noise e_t behind the real actions, recorded when the trial ran, is replayed; with a
+     Gaussian policy it equals what SVG infers from the actions): either its
      gradient, or (default) damped Newton steps that maximise the corrected model's return inside a trust region
      (one trajectory excites some directions of theta only weakly; see `_newton_direction`).
   4. Line search on the real system: try theta + alpha d with alpha = 1, shrink, shrink^2, ...; accept the first

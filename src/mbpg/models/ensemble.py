@@ -268,7 +268,9 @@ def predict_batch(model: GaussianEnsemble, obs, actions, key: jax.Array, determi
     permutation cut into n_elites groups, mbrl-lib's "random_model" propagation) so that each elite evaluates
     only its share: n_elites times cheaper than vmapping `predict`, which matters for MBPO's 100k-sample
     branched rollouts. The assignment is balanced rather than independent; every sample's elite is still
-    uniform over the elites.
+    uniform over the elites. When N is not a multiple of n_elites the groups hold ceil(N / n_elites) or one less,
+    and which elites get the smaller ones is drawn at random per call (cutting the permutation into consecutive
+    groups instead left the last elites short or idle: at N = 6 with 5 elites, two never ran).
     """
     obs = jnp.asarray(obs, model.input_mean.dtype)
     actions = jnp.asarray(actions, obs.dtype)
@@ -279,13 +281,22 @@ def predict_batch(model: GaussianEnsemble, obs, actions, key: jax.Array, determi
     group = -(-n // n_elites)
     key_perm, key_noise = jax.random.split(key)
     perm = jax.random.permutation(key_perm, n)
-    padded = perm[jnp.arange(n_elites * group) % n]  # wraps around: the padding rows are computed and dropped
+    if n % n_elites == 0:  # consecutive groups of the permutation, no padding
+        padded = perm
+        position = jnp.arange(n, dtype=jnp.int32)
+    else:  # the permutation dealt round the elites from a random one: slot (j, c) holds entry c n_elites + k
+        offset = jax.random.randint(jax.random.fold_in(key_perm, 1), (), 0, n_elites)
+        k = (jnp.arange(n_elites)[:, None] - offset) % n_elites
+        entry = jnp.arange(group)[None, :] * n_elites + k  # [n_elites, group]; entries >= n are padding
+        padded = perm[jnp.where(entry < n, entry, entry % n).reshape(-1)]  # padding is computed and dropped
+        real = jnp.arange(n)
+        position = (((real % n_elites + offset) % n_elites) * group + real // n_elites).astype(jnp.int32)
     x = (jnp.concatenate([obs, actions], 1) - model.input_mean) / model.input_std
     elites = jax.tree.map(lambda p: p[model.elites], model.members)
     mean, log_var = jax.vmap(lambda m, xs: jax.vmap(m)(xs))(elites, x[padded].reshape(n_elites, group, -1))
-    # Sample i sits at position inverse[i] < n of `padded` (its first occurrence): a gather, never a scatter
-    # with the duplicate indices of the padding.
-    inverse = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))
+    # Sample i sits at position inverse[i] of `padded` (its real slot): a gather, never a scatter with the
+    # duplicate indices of the padding.
+    inverse = jnp.zeros(n, jnp.int32).at[perm].set(position)
     mean = mean.reshape(n_elites * group, -1)[inverse]
     log_var = log_var.reshape(n_elites * group, -1)[inverse]
     if not deterministic:
@@ -308,7 +319,7 @@ class FitReport:
     epochs: int
     """Epochs run (<= max_epochs)."""
     stopped_early: bool
-    """True when patience ran out before max_epochs."""
+    """True when patience ran out (possibly in the last epoch, so epochs == max_epochs does not exclude it)."""
     train_nll: np.ndarray
     """Mean Gaussian NLL over each epoch's batches (the likelihood term of the loss, without penalties)."""
     holdout_nll: np.ndarray
@@ -613,7 +624,8 @@ def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, k
     `min_improvement` gain, elites by holdout MSE. Two differences, both for static shapes: an epoch is
     ceil(n_train / batch_size) batches drawn with replacement from the member's resample (not a reshuffled pass
     over it), and a divergence returns the model passed in (the previous good one) with `failed` set instead of
-    raising, so a training loop keeps going on a finite model. With fewer than two usable rows nothing is fitted.
+    raising, so a training loop keeps going on a finite model. With too few rows for one holdout and one
+    training row (size < 1 / holdout_fraction: 5 at the default 0.2) nothing is fitted.
     `max_epochs` (default the config's) bounds the epochs of this fit.
     """
     config = model.config
@@ -644,10 +656,11 @@ def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, k
     order = jnp.argsort(jnp.where(positions < size, jax.random.uniform(key_split, (capacity,)), 2.0))
     in_train = jnp.zeros(capacity, dtype).at[order].set(((positions >= n_hold) & (positions < size)).astype(dtype))
 
-    def stats(values):
+    def stats(values):  # where, not a product: 0 * inf = nan, and rows past `size` may hold anything
+        use = in_train[:, None] > 0
         count = jnp.maximum(jnp.sum(in_train), 1.0)
-        mean = jnp.sum(in_train[:, None] * values, 0) / count
-        std = jnp.sqrt(jnp.sum(in_train[:, None] * (values - mean) ** 2, 0) / count)
+        mean = jnp.sum(jnp.where(use, values, 0.0), 0) / count
+        std = jnp.sqrt(jnp.sum(jnp.where(use, (values - mean) ** 2, 0.0), 0) / count)
         return mean, jnp.where(std > 1e-12, std, 1.0)
 
     in_mean, in_std = stats(inputs)

@@ -138,6 +138,21 @@ def test_acceptance_never_accepts_a_worse_real_return_and_counts_every_episode()
     np.testing.assert_array_equal(result.params, held)
 
 
+@pytest.mark.parametrize("budget, reason", [(8, "line search failed 4 times"), (5, "line search failed 4 times"),
+                                            (3, "episode budget spent")])
+def test_line_search_halves_the_step_and_says_why_it_stopped(budget, reason):
+    """The wrong-signed model's direction fails every trial: steps 1, 1/2, 1/4, 1/8, then a stop that names the
+    failed line search, also when those four trials used up the budget exactly (5); a budget that cuts the search
+    short (3) is reported as such."""
+    env = double_integrator()
+    model = env.replace(B=-0.5 * np.asarray(env.B))
+    result = uim.train(env, model, 0.5 * env.optimal_gain(), jax.random.key(3), uim.UIMConfig(max_episodes=budget))
+    assert [e.step_length for e in result.episodes] == [0.0, 1.0, 0.5, 0.25, 0.125][:min(budget, 5)]
+    assert not any(e.accepted for e in result.episodes[1:])
+    assert result.stop_reason.startswith(reason), result.stop_reason
+    np.testing.assert_array_equal(result.params, result.episodes[0].params)
+
+
 def test_a_slowly_destabilising_gain_that_the_truncated_return_prefers_is_flagged():
     """x0 barely excites the second mode. Gain b kills the first mode at once and makes the second unstable
     (sqrt(gamma) * 1.08 > 1): its 66-step return beats the stable gain a's, its true J is -inf. costs_diverge flags

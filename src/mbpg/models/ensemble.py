@@ -585,9 +585,11 @@ def fit(model: GaussianEnsemble, obs, actions, next_obs, rewards, key: jax.Array
 
 def _divergence_message(bad, where, inputs, targets, config) -> str:
     names = ", ".join(str(int(b)) for b in bad)
-    message = (f"ensemble member{'s' if len(bad) > 1 else ''} {names} (of {config.n_members}) produced a "
-               f"non-finite loss or parameters at {where}; training stopped and error.last_good_model holds the "
-               "finite parameters from before the failure.")
+    what = "a non-finite holdout error" if where.endswith("holdout evaluation") else \
+        "a non-finite loss or parameters"  # the former also when only the holdout's data are bad
+    message = (f"ensemble member{'s' if len(bad) > 1 else ''} {names} (of {config.n_members}) produced {what} "
+               f"at {where}; training stopped and error.last_good_model holds the finite parameters from before "
+               "the failure.")
     corrupt = np.flatnonzero(~np.all(np.isfinite(np.concatenate([inputs, targets], 1)), axis=1))
     if corrupt.size:
         shown = ", ".join(str(r) for r in corrupt[:10]) + (", ..." if corrupt.size > 10 else "")

@@ -86,5 +86,6 @@ def test_perturbation_dial_sets_the_relative_error():
     lqr = random_lqr(3, 2, seed=0)
     for eps in (0.0, 0.1, 0.3):
         model = perturbed_lqr(lqr, eps, jax.random.key(2))
-        a_error = np.linalg.norm(np.asarray(model.A) - np.asarray(lqr.A)) / np.linalg.norm(np.asarray(lqr.A))
-        assert np.isclose(a_error, eps)
+        for name in ("A", "B"):  # each matrix is off by exactly eps, relative to its own norm
+            true, off = np.asarray(getattr(lqr, name)), np.asarray(getattr(model, name))
+            assert np.isclose(np.linalg.norm(off - true) / np.linalg.norm(true), eps), name

@@ -627,7 +627,9 @@ def fit_buffer(model: GaussianEnsemble, obs, actions, next_obs, rewards, size, k
     ceil(n_train / batch_size) batches drawn with replacement from the member's resample (not a reshuffled pass
     over it), and a divergence returns the model passed in (the previous good one) with `failed` set instead of
     raising, so a training loop keeps going on a finite model. With too few rows for one holdout and one
-    training row (size < 1 / holdout_fraction: 5 at the default 0.2) nothing is fitted.
+    training row (size < 1 / holdout_fraction: 5 at the default 0.2) nothing is fitted. The holdout size is
+    floor(size x holdout_fraction) in float32 here and in float64 in `fit`, so at fractions like 0.29 the two can
+    hold out one row apart (28 and 29 of 100).
     `max_epochs` (default the config's) bounds the epochs of this fit.
     """
     config = model.config

@@ -371,17 +371,16 @@ def train(env, model, params, key: jax.Array, config: UIMConfig = UIMConfig(), *
                 np.linalg.norm(direction) <= config.tolerance * max(1.0, np.linalg.norm(params)):
             stop_reason = "the corrected model proposes no change (converged)"
             break
-        alpha, accepted, tries = 1.0, False, 0
+        alpha = 1.0
         for _ in range(config.max_shrinks):
             if len(episodes) >= config.max_episodes:
                 break
             candidate_trajectory, value, accepted = trial(params + alpha * direction, True, alpha, current)
-            tries += 1
             if accepted:
                 params, current, trajectory = params + alpha * direction, value, candidate_trajectory
                 break
             alpha *= config.shrink
-        if not accepted and tries == config.max_shrinks:  # even when these trials also used up the budget
+        else:  # all max_shrinks trials ran and failed (even if they also used up the budget): stop UIM
             stop_reason = f"line search failed {config.max_shrinks} times in a row (no real improvement found)"
             break
     return UIMResult(params, episodes, stop_reason)

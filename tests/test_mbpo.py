@@ -196,6 +196,33 @@ def test_fit_buffer_that_diverges_mid_fit_on_finite_data_returns_the_model_passe
     assert_same_arrays(kept, model)
 
 
+def test_fit_buffer_trains_each_member_on_its_own_fixed_resample():
+    """The per-member resample is drawn once per fit_buffer call (redrawing it every step collapses the members,
+    the bug ALGORITHMS.md warns of). One training row gets a reward far off the others: a member whose resample
+    holds that row is pulled toward it, a member whose resample lacks it never sees it. Were the resample redrawn
+    every step, every member would see the row about equally often and the two groups would not separate. Which
+    members hold the row is rebuilt here from fit_buffer's documented key use (split, bootstrap, epochs)."""
+    config = EnsembleConfig(n_members=6, n_elites=2, hidden=(16,), max_epochs=100, patience=100, batch_size=16)
+    model = init_ensemble(config, 3, 1, jax.random.key(0))
+    n, key = 100, jax.random.key(7)
+    data = pendulum_data(jax.random.key(5), n)
+    n_hold = int(n * config.holdout_fraction)
+    n_train = n - n_hold
+    key_split, key_boot, _ = jax.random.split(key, 3)
+    order = np.asarray(jnp.argsort(jax.random.uniform(key_split, (n,))))
+    resample = np.asarray(jax.random.randint(key_boot, (config.n_members, n), 0, n_train))[:, :n_train]
+    holders = np.array([[j in set(row) for row in resample] for j in range(n_train)])  # [position, member]
+    position = int(np.flatnonzero(holders.sum(1) == config.n_members // 2)[0])  # held by half of the members
+    row = int(order[n_hold + position])
+    rewards = data["reward"].at[row].set(100.0)  # Pendulum's rewards lie in [-16.3, 0]
+    fitted, info = eqx.filter_jit(fit_buffer)(model, data["obs"], data["action"], data["next_obs"], rewards, n, key)
+    assert not bool(info.failed) and int(info.epochs) == config.max_epochs
+    means, _ = predict_all(fitted, data["obs"][row], data["action"][row])
+    predicted = np.asarray(means[:, -1])  # each member's predicted reward at the odd row
+    held = holders[position]
+    assert predicted[held].min() > predicted[~held].max() + 1.0, (predicted, held)
+
+
 def test_predict_batch_gives_each_row_one_elites_prediction_balanced(refreshed):
     _, _, state, _, data, _ = refreshed
     model = state.model

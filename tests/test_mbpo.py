@@ -214,13 +214,19 @@ def test_fit_buffer_trains_each_member_on_its_own_fixed_resample():
     holders = np.array([[j in set(row) for row in resample] for j in range(n_train)])  # [position, member]
     position = int(np.flatnonzero(holders.sum(1) == config.n_members // 2)[0])  # held by half of the members
     row = int(order[n_hold + position])
-    rewards = data["reward"].at[row].set(100.0)  # Pendulum's rewards lie in [-16.3, 0]
-    fitted, info = eqx.filter_jit(fit_buffer)(model, data["obs"], data["action"], data["next_obs"], rewards, n, key)
+    # The odd row lies far from the others (angular velocity 30, the data's is within 8), so fitting it barely
+    # moves a member's holdout error, and its reward is far off too (Pendulum's lie in [-16.3, 0]).
+    far = jnp.array([1.0, 0.0, 30.0])
+    obs = data["obs"].at[row].set(far)
+    next_obs = data["next_obs"].at[row].set(far + data["next_obs"][row] - data["obs"][row])
+    rewards = data["reward"].at[row].set(100.0)
+    fitted, info = eqx.filter_jit(fit_buffer)(model, obs, data["action"], next_obs, rewards, n, key)
     assert not bool(info.failed) and int(info.epochs) == config.max_epochs
-    means, _ = predict_all(fitted, data["obs"][row], data["action"][row])
+    means, _ = predict_all(fitted, obs[row], data["action"][row])
     predicted = np.asarray(means[:, -1])  # each member's predicted reward at the odd row
     held = holders[position]
-    assert predicted[held].min() > predicted[~held].max() + 1.0, (predicted, held)
+    # Margins 26-35 over 6 keys with the fixed resample, -14 to -2 with one redrawn every step (a one-line patch).
+    assert predicted[held].min() > predicted[~held].max() + 10.0, (predicted, held)
 
 
 def test_predict_batch_gives_each_row_one_elites_prediction_balanced(refreshed):

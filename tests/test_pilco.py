@@ -70,8 +70,10 @@ def test_padding_changes_nothing(toy_gp):
                               jnp.arange(len(x) + pad) < len(x), gp.log_lengthscales, gp.log_signal_std,
                               gp.log_noise_std)
         m, s = jnp.array([0.1, 0.2, -0.3]), jnp.asarray(_random_cov(np.random.default_rng(1), 3, 0.4))
+        # Padding changes the solves' sizes, so the rounding differs: 1.3e-9 relative in the predicted covariance
+        # on a Zen 5 CPU (1e-9 held elsewhere); one junk row left unmasked moves the outputs by 8-79%.
         for a, b in zip(moment_match(gp, m, s), moment_match(padded, m, s)):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
         # the posterior variance is a difference of nearly equal numbers: agree to Cholesky rounding
         np.testing.assert_allclose(predict(gp, x[:7])[1], predict(padded, x[:7])[1], rtol=1e-5, atol=1e-12)
 

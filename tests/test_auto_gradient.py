@@ -165,6 +165,11 @@ def test_bad_gradient_options_are_clear_errors():
         make_agent("reinforce", ReinforceConfig(gradient="auto", n_envs=1), make("Pendulum-v1"))
     with pytest.raises(ValueError, match="termination rule"):
         make_agent("reinforce", ReinforceConfig(gradient="mvg"), make("Minigolf-v0"))
+    # MountainCarContinuous's termination is known but its reward needs the true state: rejected here, not as a
+    # "None is not callable" in the first training chunk
+    for gradient in ("mvg", "fmg", "auto"):
+        with pytest.raises(ValueError, match="reward is not a function of the observations.*use --gradient mfg"):
+            make_agent("reinforce", ReinforceConfig(gradient=gradient), make("MountainCarContinuous-v0"))
 
 
 def test_cli_auto_logs_the_selector_s_choice_every_update(tmp_path):

@@ -30,6 +30,16 @@ def test_friction_stops_a_slow_ball_short_of_the_hole():
     assert float(rough[0]) > float(state[0])
 
 
+def test_friction_nearer_the_hole_than_the_start_band_stays_the_near_friction():
+    """Balls start in [min_position, max_position] but short putts leave them nearer the hole; the friction line
+    must not be extended there (at min_position=10, friction_far=1 it would be -0.30 at x=5 and push the ball back)."""
+    env = Minigolf(noise_std=0.0, min_position=10.0, friction_far=1.0)
+    np.testing.assert_allclose(env.friction_at(jnp.array([0.0, 5.0, 10.0, 15.0, 20.0])),
+                               [0.131, 0.131, 0.131, 0.131 + 0.5 * (1.0 - 0.131), 1.0], rtol=1e-6)
+    state, _ = _putt(env, 5.0, 1.0)
+    assert float(state[0]) == pytest.approx(5.0 - 1.0 / (2 * 5 / 7 * 0.131 * GRAVITY), rel=1e-5)
+
+
 def test_a_putt_at_the_right_speed_drops_and_a_fast_one_overshoots():
     env = Minigolf(noise_std=0.0)
     v_min = np.sqrt(2 * 5 / 7 * 0.131 * GRAVITY * 5.0)

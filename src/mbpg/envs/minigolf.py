@@ -79,11 +79,14 @@ class Minigolf(eqx.Module):
         return spaces.Box(np.float32(self.min_action), np.float32(self.max_action), shape=(1,), dtype=np.float32)
 
     def friction_at(self, position: jax.Array) -> jax.Array:
-        """Friction of the green at distance `position` (uniform, or linear from `friction` to `friction_far`)."""
+        """Friction of the green at distance `position`: uniform, or linear from `friction` at `min_position` to
+        `friction_far` at `max_position`, and `friction` nearer the hole than `min_position` (balls putted from the
+        start band roll there; the line extended below it would reach zero or negative friction)."""
         if self.friction_far is None:
             return jnp.full_like(position, self.friction)
         span = self.max_position - self.min_position
-        return self.friction + (self.friction_far - self.friction) * (position - self.min_position) / span
+        fraction = jnp.clip((position - self.min_position) / span, 0.0, 1.0)
+        return self.friction + (self.friction_far - self.friction) * fraction
 
     def reset(self, key: jax.Array) -> jax.Array:
         dtype = jnp.result_type(float)

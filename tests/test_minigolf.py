@@ -1,4 +1,5 @@
-"""The 1-D minigolf environment: physics of a putt, episode ends, and the Gymnasium API."""
+"""The 1-D minigolf environment (physics of a putt, episode ends, the Gymnasium API) and the continuous GAMPS
+parts that run on it (stop models, weights, Q, the policy gradient)."""
 
 import re
 import warnings
@@ -171,3 +172,68 @@ def test_unweighted_stop_model_is_least_squares_on_the_live_transitions_and_the_
                  lambda: model_q(env, policy, params, coefficients, 0.1, batch, jax.random.key(0), 1, "quadratic")):
         with pytest.raises(ValueError, match="model must be one of"):  # not silently the 'linear' class
             call()
+
+
+def test_gamps_weighted_fits_and_the_policy_gradient_match_loops_over_an_off_policy_buffer():
+    """The GAMPS weight of step t, gamma^t * min(prefix likelihood ratio, clip) * sum of score norms up to t, the two
+    model classes fitted with it, and the leave-one-out baselined score-function gradient, each against plain loops
+    over a buffer of two batches (one from older parameters: ratios != 1) and one empty slot."""
+    from mbpg.algos.gamps_continuous import GAMMA, MIN_FIT_ACTION, PuttPolicy, collect, fit_stop_model, \
+        policy_gradient
+    from mbpg.values import reward_to_go
+
+    env, policy = Minigolf(), PuttPolicy(0.5)
+    current, older = jnp.array([1.1, -0.05]), jnp.array([0.9, 0.1])
+    new_batch = collect(env, policy, current, jax.random.key(1), 5)
+    old_batch = collect(env, policy, older, jax.random.key(2), 5)
+    buffer = jax.tree.map(lambda *a: jnp.stack(a), new_batch, old_batch, jax.tree.map(jnp.zeros_like, new_batch))
+    filled = jnp.array([True, True, False])
+    theta = np.asarray(current, np.float64)
+
+    def features(x):
+        return np.array([np.sqrt(max(x, 0.0)), 1.0])
+
+    def log_prob(x, a):
+        return -0.5 * ((a - theta @ features(x)) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi)
+
+    def score(x, a):
+        return (a - theta @ features(x)) / 0.5**2 * features(x)
+
+    rows = []  # (x, a, stop, weight) of every live step of the filled slots
+    for slot in range(2):
+        for i in range(5):
+            log_ratio, norms = 0.0, 0.0
+            for t in range(buffer.x.shape[2]):
+                x, a = float(buffer.x[slot, i, t]), float(buffer.actions[slot, i, t])
+                if not bool(buffer.alive[slot, i, t]):
+                    break
+                log_ratio += log_prob(x, a) - float(buffer.log_probs[slot, i, t])
+                norms += np.linalg.norm(score(x, a))
+                rows.append((x, a, float(buffer.stops[slot, i, t]), GAMMA**t * min(np.exp(log_ratio), 10.0) * norms))
+    x, a, stop, w = np.array(rows).T
+    assert len(rows) > 10 and w.std() > 0.1 * w.mean()  # the weights do vary
+    putt = np.clip(a, env.min_action, env.max_action)
+    strong = putt >= MIN_FIT_ACTION
+    travel = (x - stop)[strong] / putt[strong] ** 2
+    mean = np.sum(w[strong] * travel) / np.sum(w[strong])
+    std = np.sqrt(np.sum(w[strong] * (travel - mean) ** 2) / np.sum(w[strong]))
+    (coefficient,), noise = fit_stop_model(env, policy, current, buffer, filled, "gamps", 10.0, "travel")
+    np.testing.assert_allclose([float(coefficient), float(noise)], [mean, std], rtol=1e-4)
+    inputs = np.stack([x, putt, np.ones_like(x)], 1)
+    linear = np.linalg.solve(inputs.T @ (w[:, None] * inputs), inputs.T @ (w * stop))
+    residual = stop - inputs @ linear
+    coefficients, noise = fit_stop_model(env, policy, current, buffer, filled, "gamps", 10.0, "linear")
+    np.testing.assert_allclose(coefficients, linear, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(noise), np.sqrt(np.sum(w * residual**2) / w.sum()), rtol=1e-4)
+
+    signal = np.asarray(reward_to_go(new_batch.rewards * new_batch.alive, GAMMA)) * np.asarray(new_batch.alive)
+    n = signal.shape[0]
+    expected = np.zeros(2)
+    for i in range(n):
+        for t in range(signal.shape[1]):
+            if bool(new_batch.alive[i, t]):
+                baseline = (signal[:, t].sum() - signal[i, t]) / (n - 1)  # the other episodes' mean at t
+                expected += GAMMA**t * (signal[i, t] - baseline) * score(float(new_batch.x[i, t]),
+                                                                          float(new_batch.actions[i, t]))
+    gradient = policy_gradient(policy, current, new_batch, reward_to_go(new_batch.rewards * new_batch.alive, GAMMA))
+    np.testing.assert_allclose(gradient, expected / n, rtol=1e-4, atol=1e-5)

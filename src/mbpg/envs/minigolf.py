@@ -81,7 +81,7 @@ class Minigolf(eqx.Module):
     def friction_at(self, position: jax.Array) -> jax.Array:
         """Friction of the green at distance `position`: uniform, or linear from `friction` at `min_position` to
         `friction_far` at `max_position`, and `friction` nearer the hole than `min_position` (balls putted from the
-        start band roll there; the line extended below it would reach zero or negative friction)."""
+        start band roll there; extended below it, a line rising with distance can reach zero or negative friction)."""
         if self.friction_far is None:
             return jnp.full_like(position, self.friction)
         span = self.max_position - self.min_position

@@ -13,7 +13,7 @@ import pytest
 from mbpg.algos.metrpo import METRPO, METRPOConfig, ImaginedEnv, validation_verdict
 from mbpg.algos.slbo import SLBO, SLBOConfig, ou_step
 from mbpg.cli import main
-from mbpg.envs import Pendulum
+from mbpg.envs import MountainCarContinuous, Pendulum
 from mbpg.models.deterministic import (
     TrajectoryBuffer,
     fit_one_step,
@@ -246,6 +246,8 @@ def test_ou_noise_reverts_to_zero_mean():
     (lambda: METRPO(METRPOConfig(n_envs=1), Pendulum()), "--n-envs must be >= 2"),
     (lambda: METRPO(METRPOConfig(validation_fraction=1.0), Pendulum()), "--validation-fraction"),
     (lambda: SLBO(SLBOConfig(n_steps=2, model_horizon=3), Pendulum()), "--model-horizon"),
+    (lambda: SLBO(SLBOConfig(), MountainCarContinuous()), "slbo steps its learned model with the env's known "
+     "reward, and MountainCarContinuous's reward is not a function of the observations.*Pendulum-v1"),
 ])
 def test_bad_configurations_are_refused_with_the_fix(make, message):
     with pytest.raises(ValueError, match=message):

@@ -155,6 +155,18 @@ def known_model_functions(env, learn_reward: bool = False):
                      "run past terminal states. Add the env to mbpo.known_model_functions.")
 
 
+
+def known_reward_and_termination(env, user: str, instead: str):
+    """`known_model_functions` for a model that predicts the next state only (ME-TRPO, SLBO, the --gradient
+    mvg/fmg/auto models): the reward must be known as well, so an env whose reward needs the true state is refused
+    here, naming `user` and what to do `instead`, rather than failing inside the first compiled chunk."""
+    reward_fn, termination_fn = known_model_functions(env)
+    if reward_fn is None:
+        raise ValueError(f"{user} steps its learned model with the env's known reward, and {type(env).__name__}'s "
+                         f"reward is not a function of the observations (it needs the true state); {instead}, or "
+                         "mbpo, whose ensemble learns the reward.")
+    return reward_fn, termination_fn
+
 class MixedReplay(eqx.Module):
     """The real buffer and the model buffer behind SAC's `replay` interface: `add` stores a real transition,
     `sample` returns a batch of which `n_real` rows are real and the rest model rows."""

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mbpg.algos.mbpo import known_model_functions
+from mbpg.algos.mbpo import known_reward_and_termination
 from mbpg.algos.on_policy import collect, finished_episode_return, is_host_env, make_policy, reset_envs
 from mbpg.algos.spaces import env_spec
 from mbpg.algos.trpo import TRPO, TRPOConfig, TRPOState, TrustRegionSettings
@@ -110,11 +110,8 @@ class ModelTRPOAgent:
         if self.spec.discrete:
             raise ValueError(f"{self.name} models continuous actions; {type(env).__name__} has discrete ones. Use "
                              "a continuous-control env such as Pendulum-v1.")
-        reward_fn, self.termination_fn = known_model_functions(env)
-        if reward_fn is None:
-            raise ValueError(f"{self.name} uses the known reward of the task in the model, and none is known for "
-                             f"{type(env).__name__}; use Pendulum-v1 or CartPoleSwingUp-v0.")
-        self.reward_fn = reward_fn
+        self.reward_fn, self.termination_fn = known_reward_and_termination(
+            env, self.name, "use Pendulum-v1 or CartPoleSwingUp-v0")
         self.policy = make_policy(self.spec, config.hidden)
         self.limit = autoreset.episode_limit(env)
         self.horizon = config.imagined_horizon or self.limit

@@ -32,7 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from mbpg.algos.mbpo import add_valid, known_model_functions
+from mbpg.algos.mbpo import add_valid, known_reward_and_termination
 from mbpg.algos.on_policy import Rollout, advantages_and_returns, reset_envs
 from mbpg.algos.replay import Replay
 from mbpg.gradients.selector import CROSS_FIT_MIN_UNITS, FORCED_CROSS_FIT, select_gradient_auto, unit_weights
@@ -84,19 +84,7 @@ def check_gradient_settings(settings: ModelGradientSettings, env, spec) -> None:
     if spec.discrete:
         raise ValueError(f"--gradient {settings.gradient} needs a learned dynamics model, which takes continuous "
                          f"actions; {type(env).__name__} has discrete actions. Use --gradient mfg.")
-    known_functions(env, settings.gradient)
-
-
-def known_functions(env, gradient: str):
-    """The env's (reward, termination) for model steps. The model here predicts the next state only, so the reward
-    must be a known function of (obs, action, next_obs); `known_model_functions` raises for unknown envs and
-    returns no reward where the reward needs more than the observation (MountainCarContinuous)."""
-    reward_fn, termination_fn = known_model_functions(env)
-    if reward_fn is None:
-        raise ValueError(f"--gradient {gradient} steps a learned model with the env's known reward, and "
-                         f"{type(env).__name__}'s reward is not a function of the observations (it needs the true "
-                         "state); use --gradient mfg there, or mbpo, whose ensemble learns the reward.")
-    return reward_fn, termination_fn
+    known_reward_and_termination(env, f"--gradient {settings.gradient}", "use --gradient mfg there")
 
 
 class CandidateBatch(NamedTuple):
@@ -122,7 +110,8 @@ class ModelGradients:
         """`lam`: the GAE lambda of the algorithm's own advantages, used for FMG's imagined ones too."""
         self.settings, self.env, self.spec, self.policy = settings, env, spec, policy
         self.gamma, self.lam = gamma, lam
-        self.reward_fn, self.termination_fn = known_functions(env, settings.gradient)
+        self.reward_fn, self.termination_fn = known_reward_and_termination(
+            env, f"--gradient {settings.gradient}", "use --gradient mfg there")
         self.ensemble_config = EnsembleConfig(n_members=settings.model_members, n_elites=settings.model_elites,
                                               hidden=settings.model_hidden, max_epochs=settings.model_epochs,
                                               predict_reward=False)

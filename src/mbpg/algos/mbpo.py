@@ -155,7 +155,6 @@ def known_model_functions(env, learn_reward: bool = False):
                      "run past terminal states. Add the env to mbpo.known_model_functions.")
 
 
-
 def known_reward_and_termination(env, user: str, instead: str):
     """`known_model_functions` for a model that predicts the next state only (ME-TRPO, SLBO, the --gradient
     mvg/fmg/auto models): the reward must be known as well, so an env whose reward needs the true state is refused
@@ -166,6 +165,7 @@ def known_reward_and_termination(env, user: str, instead: str):
                          f"reward is not a function of the observations (it needs the true state); {instead}, or "
                          "mbpo, whose ensemble learns the reward.")
     return reward_fn, termination_fn
+
 
 class MixedReplay(eqx.Module):
     """The real buffer and the model buffer behind SAC's `replay` interface: `add` stores a real transition,

@@ -13,7 +13,7 @@ import pytest
 
 from mbpg.algos import get_algorithm, make_agent
 from mbpg.algos.model_gradients import per_env_gradients
-from mbpg.algos.on_policy import advantages_and_returns, collect, flatten_time
+from mbpg.algos.on_policy import Rollout, advantages_and_returns, collect, flatten_time
 from mbpg.algos.reinforce import ReinforceConfig
 from mbpg.cli import main
 from mbpg.envs import make
@@ -214,3 +214,135 @@ def test_lab_training_passes_its_baseline_to_the_estimator():
     runs = [train_lab(LabTrainingConfig(env="gridworld", gradient="gpomdp", iterations=1, baseline=baseline))
             for baseline in ("none", "constant")]
     assert not np.allclose(runs[0]["params"][1], runs[1]["params"][1])
+
+
+def pendulum_step_ending_above(env, speed: float):
+    """The real Pendulum as a deterministic model whose episodes end when the angular velocity exceeds `speed`
+    (a model terminal that random actions reach at random times)."""
+    step = true_pendulum_step(env)
+
+    def ending(ensemble, obs, action, key):
+        next_obs, reward, _ = step(ensemble, obs, action, key)
+        return next_obs, reward, next_obs[:, 2] > speed
+
+    return ending
+
+
+def plain_value(obs):
+    """A baseline that matters: V changes by several units across the states below, so a misplaced bootstrap shows."""
+    return 5.0 + 3.0 * obs[2] - 2.0 * obs[0]
+
+
+def mvg_q_by_numpy_monte_carlo(env, policy, params, obs, action, reward, horizon, gamma, speed, samples, rng,
+                               reward_at_terminal=True):
+    """Q_hat(s, a) of the MVG cell by its definition, with numpy's own random actions: the real reward, then H - 1
+    model rewards under pi (the one on the step that ends the episode included), then gamma^H V(s_H) if the
+    model's episode is still running. Returns per-sample values [samples]."""
+    model = pendulum_step_ending_above(env, speed)
+    obs = jnp.broadcast_to(obs, (samples, 3))
+    obs, _, terminated = model(None, obs, jnp.broadcast_to(action, (samples, 1)), jax.random.key(0))
+    alive = ~np.asarray(terminated)
+    total = np.zeros(samples)
+    mean = jax.vmap(policy.mean, in_axes=(None, 0))
+    std = float(policy.std(params)[0])
+    for j in range(1, horizon):
+        actions = mean(params, obs) + std * rng.standard_normal((samples, 1)).astype(np.float32)
+        obs, rewards, terminated = model(None, obs, actions, jax.random.key(0))
+        kept = alive if reward_at_terminal else alive & ~np.asarray(terminated)
+        total += gamma ** j * kept * np.asarray(rewards)
+        alive = alive & ~np.asarray(terminated)
+    tail = gamma ** horizon * alive * np.asarray(jax.vmap(plain_value)(obs))
+    return reward + total + tail
+
+
+SLIPS = {"one model step too few": {"horizon": 2}, "one model step too many": {"horizon": 4},
+         "no reward on the step a model episode ends": {"reward_at_terminal": False}}
+"""Changes to Q_hat's definition at horizon 3 that the MVG test must tell from the code's output."""
+
+
+def test_mvg_q_at_horizon_three_with_model_terminals_is_unbiased_for_its_definition(batch, monkeypatch):
+    """Key-independent: the mean of mvg_advantages over many replicates of each real (s, a) against a numpy Monte
+    Carlo of Q_hat's definition, within a 4.5-standard-error band; the same band rejects the usual slips (one model
+    step too few or too many, the terminal step's reward dropped), so the test can fail."""
+    env, agent, state, _ = batch
+    sources, policy, params = agent.model_gradients, agent.policy, state.policy_params
+    speed, horizon, gamma, replicates = 1.0, 3, 0.9, 4000  # horizon 3: SLIPS are written for it
+    monkeypatch.setattr(sources, "_model_step", pendulum_step_ending_above(env, speed))
+    monkeypatch.setattr(sources, "settings", ReinforceConfig(**{**SMALL, "gradient": "mvg", "model_horizon": horizon}))
+    # (theta, theta_dot, action, real reward, real terminal): mid-episode pairs whose model episodes end at random
+    # steps, one whose first model step ends it, one at a real terminal.
+    pairs = [(0.3, 0.2, 0.5, -1.0, False), (-0.4, 0.6, -0.3, -2.0, False), (2.5, -0.5, 1.0, -6.0, False),
+             (0.2, 1.6, 0.0, -0.5, False), (1.0, 0.0, 0.0, -1.5, True)]
+    theta, theta_dot, action, reward, terminal = (np.array(column) for column in zip(*pairs))
+    obs = np.stack([np.cos(theta), np.sin(theta), theta_dot], 1).astype(np.float32)
+    T, n = len(pairs), replicates
+    rollout = Rollout(jnp.asarray(np.repeat(obs[:, None], n, 1)), jnp.asarray(np.repeat(action[:, None, None], n, 1),
+                      jnp.float32), jnp.zeros((T, n)), jnp.asarray(np.repeat(reward[:, None], n, 1), jnp.float32),
+                      jnp.zeros((T, n, 3)), jnp.asarray(np.repeat(terminal[:, None], n, 1)), jnp.zeros((T, n), bool),
+                      jnp.zeros((T, n)))
+    advantages = np.asarray(sources.mvg_advantages(params, plain_value, None, rollout, jax.random.key(7)))
+    q = advantages + np.asarray(jax.vmap(plain_value)(jnp.asarray(obs)))[:, None]
+    rng = np.random.default_rng(11)
+    ended_at_random, rejected = 0, set()
+    for i in range(T):
+        def reference(**changes):
+            return mvg_q_by_numpy_monte_carlo(env, policy, params, obs[i], action[i:i + 1], reward[i],
+                                              changes.get("horizon", horizon), gamma, speed, 4 * n, rng,
+                                              changes.get("reward_at_terminal", True))
+
+        def band(samples):
+            if terminal[i]:
+                return abs(q[i].mean() - reward[i]), 1e-5
+            gap = abs(q[i].mean() - samples.mean())
+            return gap, 4.5 * np.sqrt(q[i].var() / n + samples.var() / samples.size) + 1e-5
+
+        gap, width = band(reference())
+        assert gap < width, (pairs[i], q[i].mean(), gap, width)
+        if terminal[i]:
+            np.testing.assert_allclose(q[i], reward[i], atol=1e-5)  # a real terminal: Q_hat = r, nothing after
+            continue
+        ended_at_random += 0.05 < np.mean(q[i] != q[i][0]) and q[i].std() > 0.05
+        for slip, changes in SLIPS.items():
+            gap, width = band(reference(**changes))
+            if gap > width:
+                rejected.add(slip)
+    assert ended_at_random >= 2  # the draws above really ended model episodes at random steps
+    assert rejected == set(SLIPS), rejected
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.7])
+def test_fmg_advantages_stop_at_a_model_terminal_and_vanish_after_it(batch, monkeypatch, lam):
+    """The FMG row of candidate_batch on imagined trajectories that the model ends mid-batch, against a plain loop
+    over the trajectories that row itself holds (so no key is replayed): GAE(gamma, lam) up to and including the
+    terminal step with no bootstrap there, V's bootstrap only where a trajectory is still running at the batch's end,
+    zero from the step after the terminal on."""
+    env, agent, state, _ = batch
+    sources = agent.model_gradients
+    speed, gamma, scale, T, n = 1.5, 0.9, 2.0, 8, 64
+    model = pendulum_step_ending_above(env, speed)
+    monkeypatch.setattr(sources, "_model_step", model)
+    monkeypatch.setattr(sources, "lam", lam)
+    real = Rollout(jnp.zeros((T, n, 3)), jnp.zeros((T, n, 1)), jnp.zeros((T, n)), jnp.zeros((T, n)),
+                   jnp.zeros((T, n, 3)), jnp.zeros((T, n), bool), jnp.zeros((T, n), bool), jnp.zeros((T, n)))
+    rows = sources.candidate_batch(state.policy_params, plain_value, None, real, jnp.zeros((T, n)), scale,
+                                   jax.random.key(8))
+    obs, actions = np.asarray(rows.obs[2]), np.asarray(rows.action[2])
+    advantage = np.asarray(rows.advantage[2]) * scale
+    expected, terminal_steps = np.zeros((T, n)), []
+    for e in range(n):
+        next_obs, reward, terminated = (np.asarray(x) for x in model(None, jnp.asarray(obs[:, e]),
+                                                                     jnp.asarray(actions[:, e]), jax.random.key(0)))
+        np.testing.assert_allclose(obs[1:, e], next_obs[:-1], rtol=1e-6, atol=1e-6)  # one trajectory per column
+        value, next_value = (np.asarray(jax.vmap(plain_value)(jnp.asarray(o))) for o in (obs[:, e], next_obs))
+        ended = bool(terminated.any())
+        end = int(np.argmax(terminated)) if ended else T - 1
+        if ended:
+            terminal_steps.append(end)
+        running = 0.0
+        for t in range(end, -1, -1):
+            bootstrap = 0.0 if (ended and t == end) else gamma * next_value[t]
+            running = reward[t] + bootstrap - value[t] + (gamma * lam * running if t < end else 0.0)
+            expected[t, e] = running
+    # The draws really end trajectories mid-batch, at several different steps.
+    assert 0.2 * n < len(terminal_steps) < 0.9 * n and len(set(terminal_steps) - {T - 1}) >= 3
+    np.testing.assert_allclose(advantage, expected, rtol=1e-4, atol=1e-4)

@@ -163,6 +163,16 @@ def mbpg_arguments(settings: dict, seed: int, out: Path) -> list[str]:
     return arguments
 
 
+def model_fits(metrics_csv: Path, random_steps: int) -> list[dict]:
+    """Every model fit of an mbpg run, from the run's metrics.csv: one row per chunk, a fit in each chunk after the
+    random phase. (The final metrics hold only the last chunk's fit, which is not the run's average.)"""
+    import csv
+
+    with open(metrics_csv, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(float(row["step"])) > random_steps]
+    return [{"steps": int(float(row["step"])), "epochs": int(float(row["model_epochs"]))} for row in rows]
+
+
 def run_mbpg(settings: dict, seed: int, console: Console) -> tuple[dict, list[str]]:
     import mbpg.train.run as run
 
@@ -190,6 +200,7 @@ def run_mbpg(settings: dict, seed: int, console: Console) -> tuple[dict, list[st
             end = time.perf_counter()
         finally:
             run.train = original
+        fits = model_fits(Path(directory) / "run" / "metrics.csv", parsed.algo.random_steps)
     chunk = parsed.algo.retrain_interval
     random_chunks = parsed.algo.random_steps // chunk
     (first_steps, first_time), (last_steps, last_time) = marks[random_chunks - 1], marks[-2]
@@ -197,7 +208,8 @@ def run_mbpg(settings: dict, seed: int, console: Console) -> tuple[dict, list[st
             "steps_per_second": (last_steps - first_steps) / (last_time - first_time),
             "end_to_end_seconds": end - start, "first_chunk_seconds": marks[0][1] - start,
             "random_phase_seconds": first_time - marks[0][1],
-            "mean_model_epochs": float(final["model_epochs"][0]) if "model_epochs" in final else None,
+            "model_fits": fits,
+            "mean_model_epochs": sum(f["epochs"] for f in fits) / len(fits) if fits else None,
             "eval_return": float(final["eval_return"][0]), "eval_return_std": float(final["eval_return_std"][0]),
             "config": dataclasses.asdict(parsed.algo)}, arguments
 
@@ -317,7 +329,8 @@ def main() -> None:
             console.print(f"  mbpg: {ours['steps_per_second']:.2f} steps/s steady ({ours['steady_steps']:,} steps), "
                           f"{ours['end_to_end_seconds']:.0f} s end to end (first chunk, with compilation: "
                           f"{ours['first_chunk_seconds']:.1f} s); return {ours['eval_return']:.1f} ± "
-                          f"{ours['eval_return_std']:.1f}")
+                          f"{ours['eval_return_std']:.1f}; model epochs per fit "
+                          f"{[f['epochs'] for f in ours['model_fits']]}")
             record["mbpg"] = ours
 
     from mbpg.algos.spaces import env_spec

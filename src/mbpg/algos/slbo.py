@@ -32,6 +32,7 @@ from mbpg.envs import autoreset
 from mbpg.models.deterministic import (
     DeterministicEnsemble,
     TrajectoryBuffer,
+    init_multi_step_state,
     multi_step_optimizer,
     normalise,
     train_multi_step,
@@ -113,7 +114,7 @@ class SLBO(ModelTRPOAgent):
         key, key_parts = jax.random.split(key)
         params, value, value_opt, model, buffer, env_states = self.init_parts(key_parts)
         noise = jnp.zeros((self.config.n_envs, self.spec.action_dim))
-        return SLBOState(params, value, value_opt, model, self.model_optimizer.init(model.members), buffer,
+        return SLBOState(params, value, value_opt, model, init_multi_step_state(self.model_optimizer, model), buffer,
                          env_states, noise, key)
 
     def collect(self, params, env_states, noise, key):

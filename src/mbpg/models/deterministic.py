@@ -182,9 +182,13 @@ class TrajectoryBuffer(eqx.Module):
     def add(self, obs, action, next_obs, done, validation) -> TrajectoryBuffer:
         """Store n segments (obs [n, length, obs_dim], ...; validation [n] bool), overwriting the oldest."""
         n = obs.shape[0]
-        if n > self.capacity or obs.shape[1] != self.length:
-            raise ValueError(f"TrajectoryBuffer.add got {n} segments of length {obs.shape[1]} for a buffer of "
-                             f"{self.capacity} segments of length {self.length}; raise the buffer size.")
+        if obs.shape[1] != self.length:
+            raise ValueError(f"TrajectoryBuffer.add got segments of length {obs.shape[1]} for a buffer of segments "
+                             f"of length {self.length}; store segments of {self.length} steps, or create the buffer "
+                             f"with length={obs.shape[1]}.")
+        if n > self.capacity:
+            raise ValueError(f"TrajectoryBuffer.add got {n} segments for a buffer of {self.capacity}; raise the "
+                             "buffer size.")
         slots = (self.position + jnp.arange(n)) % self.capacity
         return TrajectoryBuffer(self.obs.at[slots].set(obs.astype(self.obs.dtype)),
                                 self.action.at[slots].set(jnp.reshape(action, self.action[slots].shape)
@@ -333,19 +337,28 @@ def member_multi_step_loss(model: DeterministicEnsemble, net: MLP, obs: jax.Arra
 
 
 def multi_step_optimizer(learning_rate: float, weight_decay: float, max_grad_norm: float):
-    """SLBO's model optimiser: gradient clipping by global norm, an L2 penalty (decay * w, added to the gradient
-    before Adam, i.e. a penalty, not AdamW's decoupled decay) and Adam."""
+    """SLBO's model optimiser for ONE member: gradient clipping by the member's global norm, an L2 penalty (decay *
+    w, added to the gradient before Adam, i.e. a penalty, not AdamW's decoupled decay) and Adam.
+    `train_multi_step` applies it to every member separately (its state from `init_multi_step_state`)."""
     parts = [optax.clip_by_global_norm(max_grad_norm)] if math.isfinite(max_grad_norm) else []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))
     return optax.chain(*parts, optax.adam(learning_rate))
 
 
+def init_multi_step_state(optimizer, model: DeterministicEnsemble):
+    """The optimiser state of every member, stacked [n_members, ...], for `train_multi_step`."""
+    return jax.vmap(optimizer.init)(model.members)
+
+
 def train_multi_step(model: DeterministicEnsemble, opt_state, optimizer, buffer: TrajectoryBuffer, key: jax.Array,
                      *, horizon: int, n_steps: int, batch_size: int):
     """SLBO's model update: `n_steps` Adam steps of every member on minibatches of H-step windows drawn uniformly
     (with replacement) from every stored segment. The normalisation must already be set (`normalise`).
-    Returns (model, opt_state, mean loss over the steps)."""
+    `opt_state` is per member (`init_multi_step_state`): the optimiser runs once per member, so a member's
+    gradient is clipped by its own norm and a non-finite loss skips only that member's step; members trained side
+    by side are then the same as members trained alone (clipping the stacked gradients by one global norm made each
+    member's step depend on the others'). Returns (model, opt_state, mean loss over the steps)."""
     starts = window_starts(buffer, horizon)
     flat = starts.reshape(-1)
     n_valid = jnp.sum(flat).astype(jnp.int32)
@@ -369,11 +382,10 @@ def train_multi_step(model: DeterministicEnsemble, opt_state, optimizer, buffer:
         members, opt_state = carry
         picks = jax.random.randint(key, (n_members, batch_size), 0, jnp.maximum(n_valid, 1))
         losses, grads = jax.vmap(jax.value_and_grad(batch_loss))(members, order[picks])
-        updates, new_opt_state = optimizer.update(grads, opt_state, members)
+        updates, new_opt_state = jax.vmap(optimizer.update)(grads, opt_state, members)
         new_members = optax.apply_updates(members, updates)
-        ok = (n_valid > 0) & jnp.all(jnp.isfinite(losses))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return (keep(new_members, members), keep(new_opt_state, opt_state)), jnp.mean(losses)
+        ok = (n_valid > 0) & jnp.isfinite(losses)
+        return (_where_member(ok, new_members, members), _where_member(ok, new_opt_state, opt_state)), jnp.mean(losses)
 
     (members, opt_state), losses = jax.lax.scan(step, (model.members, opt_state), jax.random.split(key_steps, n_steps))
     return eqx.tree_at(lambda m: m.members, model, members), opt_state, jnp.mean(losses)
@@ -382,5 +394,6 @@ def train_multi_step(model: DeterministicEnsemble, opt_state, optimizer, buffer:
 __all__ = [
     "DeterministicEnsemble", "init_deterministic_ensemble", "member_step", "predict", "predict_all", "safe_norm",
     "multi_step_loss", "one_step_loss", "member_multi_step_loss", "TrajectoryBuffer", "validation_split",
-    "normalise", "OneStepFit", "fit_one_step", "window_starts", "multi_step_optimizer", "train_multi_step",
+    "normalise", "OneStepFit", "fit_one_step", "window_starts", "multi_step_optimizer", "init_multi_step_state",
+    "train_multi_step",
 ]

@@ -18,11 +18,15 @@ from mbpg.models.deterministic import (
     TrajectoryBuffer,
     fit_one_step,
     init_deterministic_ensemble,
+    init_multi_step_state,
     member_multi_step_loss,
+    multi_step_optimizer,
+    normalise,
     member_step,
     multi_step_loss,
     one_step_loss,
     predict,
+    train_multi_step,
     validation_split,
     window_starts,
 )
@@ -181,6 +185,47 @@ def test_early_stopping_keeps_each_members_best_validation_epoch():
     assert epochs == min(max_epochs, last_improvement + patience)
 
 
+def test_multi_step_training_of_one_member_ignores_the_others():
+    """Each member is clipped by its own gradient norm and skips only its own non-finite steps: member 0 ends
+    bit for bit the same whatever member 1 holds (a clip by the stacked members' global norm moved member 0 by
+    0.09, about its whole movement, when member 1's weights were tripled)."""
+    key_data, key_model, key_fit = jax.random.split(jax.random.key(5), 3)
+    obs = jax.random.normal(key_data, (4, 8, 2))
+    actions = jax.random.normal(jax.random.fold_in(key_data, 1), (4, 8, 1))
+    next_obs = obs + 0.3 * jax.random.normal(jax.random.fold_in(key_data, 2), obs.shape)
+    buffer = TrajectoryBuffer.create(4, 8, 2, 1).add(obs, actions, next_obs, jnp.zeros((4, 8), bool),
+                                                     jnp.zeros(4, bool))
+    model = normalise(init_deterministic_ensemble(2, 2, 1, (16, 16), key_model), buffer, jnp.ones(32))
+    optimizer = multi_step_optimizer(1e-2, 1e-5, max_grad_norm=0.5)  # small enough to clip every step
+    train = jax.jit(lambda m: train_multi_step(m, init_multi_step_state(optimizer, m), optimizer, buffer, key_fit,
+                                               horizon=3, n_steps=40, batch_size=8)[0])
+
+    def with_member_1(change):
+        return eqx.tree_at(lambda m: m.members, model, jax.tree.map(lambda x: x.at[1].set(change(x[1])),
+                                                                     model.members))
+
+    base = train(model)
+    member_0 = lambda m: [np.asarray(leaf[0]) for leaf in jax.tree.leaves(m.members)]  # noqa: E731
+    moved = max(np.abs(a - b).max() for a, b in zip(member_0(base), member_0(model)))
+    assert moved > 1e-2
+    for change in (lambda x: 3.0 * x, lambda x: jnp.full_like(x, jnp.nan)):
+        trained = train(with_member_1(change))
+        for a, b in zip(member_0(trained), member_0(base)):
+            np.testing.assert_array_equal(a, b)
+    nan_member = train(with_member_1(lambda x: jnp.full_like(x, jnp.nan)))
+    assert all(bool(jnp.isnan(leaf[1]).all()) for leaf in jax.tree.leaves(nan_member.members))  # its steps skipped
+
+
+def test_trajectory_buffer_names_the_fix_for_each_bad_add():
+    buffer = TrajectoryBuffer.create(2, 6, 1, 1)
+    segments = lambda n, length: (jnp.zeros((n, length, 1)),) * 3 + (jnp.zeros((n, length), bool),  # noqa: E731
+                                                                      jnp.zeros(n, bool))
+    with pytest.raises(ValueError, match="length 5 for a buffer of segments of length 6; store segments of 6"):
+        buffer.add(*segments(1, 5))
+    with pytest.raises(ValueError, match="3 segments for a buffer of 2; raise the buffer size"):
+        buffer.add(*segments(3, 6))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Algorithm pieces
 
@@ -214,23 +259,46 @@ def test_imagined_env_uses_the_known_reward_and_the_real_start_distribution():
     np.testing.assert_allclose(next_obs, predict(model, index, obs, action), rtol=1e-6)
 
 
-def test_member_returns_are_each_members_own_rollout_return():
+@pytest.mark.parametrize("terminal", [False, True])
+def test_member_returns_are_each_members_own_rollout_return(terminal):
+    """Each member's return under the deterministic policy against a plain loop; with a (test-made) terminal set,
+    an episode stops at its first terminal state, the reward of the step into it counted."""
     env = Pendulum()
     agent = METRPO(METRPOConfig(ensemble_size=2, model_hidden=(8,), hidden=(8,), imagined_horizon=5), env)
     model = init_deterministic_ensemble(2, 3, 1, (8,), jax.random.key(1))
     params = agent.policy.init(jax.random.key(2))
-    starts = jnp.stack([env.observation(env.reset(jax.random.key(i))) for i in range(3)])
+    starts = jnp.stack([env.observation(env.reset(jax.random.key(i))) for i in range(6)])
+
+    def episodes(ends):
+        """Per member and start: the loop's return and the step (1-based) its episode ended at, or None."""
+        out = []
+        for k in range(2):
+            for start in starts:
+                obs, total, ended = start, 0.0, None
+                for t in range(5):
+                    action = jnp.clip(agent.policy.mode(params, obs), -2.0, 2.0)
+                    next_obs = predict(model, k, obs, action)
+                    total += float(agent.reward_fn(obs, action, next_obs))
+                    obs = next_obs
+                    if ends(obs):
+                        ended = t + 1
+                        break
+                out.append((k, total, ended))
+        return out
+
+    threshold = None
+    if terminal:  # a velocity that the model's rollouts cross at some steps, not at others
+        speeds = []
+        episodes(lambda obs: speeds.append(float(obs[2])) and False)
+        threshold = float(np.quantile(speeds, 0.7))
+        agent.termination_fn = lambda obs: obs[2] > threshold
+    reference = episodes(lambda obs: terminal and float(obs[2]) > threshold)
+    if terminal:
+        assert any(ended is not None and ended < 5 for _, _, ended in reference)
+        assert any(ended is None for _, _, ended in reference)
     returns = np.asarray(agent.member_returns(params, model, starts))
     for k in range(2):
-        totals = []
-        for start in starts:
-            obs, total = start, 0.0
-            for _ in range(5):
-                action = jnp.clip(agent.policy.mode(params, obs), -2.0, 2.0)
-                next_obs = predict(model, k, obs, action)
-                total += float(agent.reward_fn(obs, action, next_obs))
-                obs = next_obs
-            totals.append(total)
+        totals = [total for member, total, _ in reference if member == k]
         assert returns[k] == pytest.approx(np.mean(totals), rel=1e-5)
 
 

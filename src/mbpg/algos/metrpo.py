@@ -152,17 +152,19 @@ class ModelTRPOAgent:
 
     def member_returns(self, params, model: DeterministicEnsemble, starts: jax.Array) -> jax.Array:
         """[n_members]: mean undiscounted return of the deterministic policy over `starts` [N, obs_dim] for
-        `horizon` steps under each member alone."""
+        `horizon` steps under each member alone, an episode ending at the model's first terminal state (the
+        reward of the step into it counted)."""
         def one_member(index):
             env = self.imagined_env(model, index)
 
-            def step(obs, _):
+            def step(carry, _):
+                obs, alive = carry
                 action = self.act_with(params, obs)
                 next_obs, reward = env.step(obs, action, jax.random.key(0))
-                return next_obs, reward
+                return (next_obs, alive & ~env.is_terminal(next_obs)), jnp.where(alive, reward, 0.0)
 
             def episode(start):
-                _, rewards = jax.lax.scan(step, start, None, length=self.horizon)
+                _, rewards = jax.lax.scan(step, (start, jnp.ones((), bool)), None, length=self.horizon)
                 return jnp.sum(rewards)
 
             return jnp.mean(jax.vmap(episode)(starts))

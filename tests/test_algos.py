@@ -1,12 +1,19 @@
-"""Every algorithm through the CLI on a tiny budget, plus the CLI's bad-input errors and the plot command."""
+"""Every algorithm through the CLI on a tiny budget, plus the CLI's bad-input errors, the plot command and the
+off-policy chunk's metrics."""
 
 import csv
+import dataclasses
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
+from mbpg.algos import make_agent
+from mbpg.algos.sac import SACConfig
 from mbpg.cli import main
+from mbpg.envs import make
 
 TINY = {
     "reinforce": ["--env", "CartPole-v1", "--steps", "256", "--n-envs", "2", "--n-steps", "64"],
@@ -112,3 +119,29 @@ def test_compare_trains_groups_by_gradient_type_and_reuses_finished_runs(tmp_pat
     assert main(["compare", "--algos", "ppo,sacc", "--out", str(out)]) == 2
     assert "did you mean sac" in capsys.readouterr().err.lower()
     assert main(["compare", "--algos", "ppo", "--algo-options", "sac=--batch-size 4", "--out", str(out)]) == 2
+
+
+def test_off_policy_chunk_metrics_average_only_the_steps_that_updated():
+    """A chunk in which SAC starts learning reports its losses over the steps that updated, not diluted by the
+    zeros of the steps before learning_starts; a chunk with no update reports NaN (the logger skips it)."""
+    env = make("Pendulum-v1")
+    agent = make_agent("sac", SACConfig(batch_size=8, hidden=(8,), learning_starts=13, chunk_steps=20,
+                                        buffer_size=64), env)
+    state = agent.init(jax.random.key(0))
+    _, metrics = jax.jit(agent.train_chunk)(state)
+    # The chunk's own steps, one by one (train_chunk's key use), to read every step's metrics.
+    key, key_steps = jax.random.split(state.key)
+    _, infos = jax.lax.scan(agent.env_step, dataclasses.replace(state, key=key),
+                            jax.random.split(key_steps, agent.steps_per_chunk))
+    updated = np.asarray(infos["updated"]) > 0
+    assert 0 < updated.sum() < agent.steps_per_chunk
+    losses = [k for k in metrics if k not in ("train_episode_return",)]
+    assert losses and "updated" not in metrics
+    for name in losses:
+        steps = np.asarray(infos[name])
+        assert np.all(steps[~updated] == 0)
+        np.testing.assert_allclose(metrics[name], steps[updated].mean(), rtol=1e-5, atol=1e-7)
+    late = make_agent("sac", SACConfig(batch_size=8, hidden=(8,), learning_starts=100, chunk_steps=20,
+                                       buffer_size=64), env)
+    _, metrics = jax.jit(late.train_chunk)(late.init(jax.random.key(0)))
+    assert all(np.isnan(metrics[name]) for name in losses)

@@ -21,7 +21,8 @@ class OffPolicyAgent:
     learner_fields: tuple[str, ...] = ()
 
     def learn_if_ready(self, state, key_update):
-        """`updates_per_step` gradient steps once `state.steps >= learning_starts`, zeros in the metrics before.
+        """`updates_per_step` gradient steps once `state.steps >= learning_starts`, zeros in the metrics before
+        (and `updated` 0, so that `train_chunk` averages the metrics over the steps that updated).
 
         Only what the update changes goes through the cond: under vmap (many seeds) a cond becomes a select of its
         outputs, and selecting the whole state would copy the replay buffer on every env step.
@@ -36,8 +37,9 @@ class OffPolicyAgent:
         def wait(learner):
             return learner, jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x: learn(x)[1], learner))
 
-        learner, info = jax.lax.cond(state.steps >= self.config.learning_starts, learn, wait, learner)
-        return dataclasses.replace(state, **learner), info
+        ready = state.steps >= self.config.learning_starts
+        learner, info = jax.lax.cond(ready, learn, wait, learner)
+        return dataclasses.replace(state, **learner), {**info, "updated": ready.astype(jnp.float32)}
 
     def explore(self, state, obs, key_act, key_random):
         """The behaviour action: uniform over the action box before `learning_starts`, then a policy sample."""
@@ -60,7 +62,11 @@ class OffPolicyAgent:
         key, key_steps = jax.random.split(state.key)
         state, infos = jax.lax.scan(self.env_step, dataclasses.replace(state, key=key),
                                     jax.random.split(key_steps, self.steps_per_chunk))
-        done, returns = infos.pop("episode_done"), infos.pop("episode_return")
-        metrics = {k: v.mean() for k, v in infos.items()}
+        done, returns, updated = infos.pop("episode_done"), infos.pop("episode_return"), infos.pop("updated")
+        # Update metrics over the steps that updated (NaN in a chunk with none): the zeros of the steps before
+        # learning_starts would otherwise shrink the first learning chunk's losses.
+        count = updated.sum()
+        metrics = {k: jnp.where(count > 0, jnp.sum(v * updated) / jnp.maximum(count, 1.0), jnp.nan)
+                   for k, v in infos.items()}
         metrics["train_episode_return"] = jnp.where(done.any(), returns.sum() / jnp.maximum(done.sum(), 1), jnp.nan)
         return state, metrics

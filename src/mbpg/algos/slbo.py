@@ -68,7 +68,7 @@ class SLBOConfig(ImaginedTRPOSettings):
     model_weight_decay: float = 1e-5
     """L2 penalty on the model's parameters (SLBO's 1e-5)."""
     model_max_grad_norm: float = 2.0
-    """Global-norm clip of the model's gradient (SLBO's 2)."""
+    """Global-norm clip of each model member's gradient (SLBO's 2)."""
     model_batch_size: int = 128
     """H-step windows per model gradient step."""
     model_steps: int = 100

@@ -356,9 +356,9 @@ def train_multi_step(model: DeterministicEnsemble, opt_state, optimizer, buffer:
     """SLBO's model update: `n_steps` Adam steps of every member on minibatches of H-step windows drawn uniformly
     (with replacement) from every stored segment. The normalisation must already be set (`normalise`).
     `opt_state` is per member (`init_multi_step_state`): the optimiser runs once per member, so a member's
-    gradient is clipped by its own norm and a non-finite loss skips only that member's step; members trained side
-    by side are then the same as members trained alone (clipping the stacked gradients by one global norm made each
-    member's step depend on the others'). Returns (model, opt_state, mean loss over the steps)."""
+    gradient is clipped by its own norm and a non-finite loss skips only that member's step, so no member's
+    training depends on another's parameters (clipping the stacked gradients by one global norm made it so).
+    Returns (model, opt_state, mean loss over the steps)."""
     starts = window_starts(buffer, horizon)
     flat = starts.reshape(-1)
     n_valid = jnp.sum(flat).astype(jnp.int32)

@@ -81,7 +81,8 @@ def load_checkpoint(path: Path | str, template, expected_metadata: dict | None =
         loaded = eqx.tree_deserialise_leaves(io.BytesIO(payload), data_template)
     except Exception as error:  # eqx raises several types for structure and shape mismatches
         raise CheckpointError(f"checkpoint {path} does not match this run's state ({error}); it was made for a "
-                              "different algorithm or network size.") from None
+                              "different algorithm or network size, or by an mbpg version whose state differs: "
+                              "start a new run directory.") from None
     for saved, expected in zip(jax.tree.leaves(loaded), jax.tree.leaves(data_template)):
         if np.shape(saved) != np.shape(expected) or np.asarray(saved).dtype != np.asarray(expected).dtype:
             raise CheckpointError(f"checkpoint {path} holds an array of shape {np.shape(saved)} where this run "

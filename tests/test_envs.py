@@ -140,6 +140,23 @@ def test_optimal_gain_is_stabilising():
     assert double_integrator().optimal_gain().shape == (1, 2)
 
 
+def test_random_lqr_builds_under_x64():
+    """Under x64 np.asarray of a JAX array is a read-only view, which the in-place rescaling once wrote into."""
+    with jax.enable_x64(True):
+        lqr = random_lqr(3, 2, seed=4)
+    assert np.abs(np.linalg.eigvals(np.asarray(lqr.A))).max() == pytest.approx(1.05)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.8, 0.9, 0.99])
+def test_effective_horizon_is_the_smallest_h_with_gamma_to_the_h_below_the_tolerance(gamma):
+    from mbpg.values import effective_horizon
+
+    for k in range(1, 60):  # tolerance = gamma^k exactly: the logarithms' rounding once returned k + 1 (0.5, 29)
+        for tolerance in (gamma**k, gamma**k * 1.0001, gamma**k * 0.9999):
+            h = effective_horizon(gamma, tolerance)
+            assert gamma**h <= tolerance and (h == 1 or gamma ** (h - 1) > tolerance), (gamma, k, tolerance, h)
+
+
 def test_inverse_cdf_categorical_matches_the_probabilities_and_skips_zeros():
     from mbpg.distributions import categorical
 

@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbpg.envs import double_integrator, garnet, gridworld
+from mbpg.envs import TabularMDP, double_integrator, garnet, gridworld
 from mbpg.gradients import ESTIMATORS, EstimatorOptions, draw_gradient, get_estimator, model_noise, sample_trajectories
+from mbpg.gradients.estimators import check_baseline
 from mbpg.lab import exact_gradient, sample_gradients
 from mbpg.models import mixture_model, perturbed_lqr
 from mbpg.policies import policy_for
+from mbpg.values import default_td_iterations, evaluate_tabular, td_critic_on_model
 from tests.conftest import assert_unbiased
 
 HORIZON = 26  # 0.7^26 < 1e-4: truncation is far below the standard errors below
@@ -64,6 +66,35 @@ def test_mvg_td_approaches_the_mvg_gradient_when_real_states_cover_the_mdp(probl
     mdp, logits, model = problem
     sample = draws(problem, "mvg-td", n_estimates=1000, n_trajectories=8)
     assert_unbiased(sample, exact_gradient(mdp, logits, "mvg", model))
+
+
+def test_td_critic_contracts_every_pair_as_default_td_iterations_promises():
+    """A deterministic model with every state a start state: the critic's fixed point is Q^{pi, p_hat} exactly,
+    so after default_td_iterations sweeps its error must be at most 1e-3 of the initial one (|Q|, from Q = 0),
+    also at the actions pi rarely picks (branching a ~ pi left 76% of the error there)."""
+    rng = np.random.default_rng(0)
+    n_states, n_actions, gamma, step = 4, 3, 0.9, 0.5
+    transitions = np.zeros((n_states, n_actions, n_states))
+    transitions[np.arange(n_states)[:, None], np.arange(n_actions), rng.integers(n_states, size=(n_states,
+                                                                                                n_actions))] = 1.0
+    mdp = TabularMDP(transitions, rng.uniform(0.5, 1.0, (n_states, n_actions)), np.full(n_states, 0.25), gamma)
+    probs = jnp.asarray(np.tile([0.90, 0.08, 0.02], (n_states, 1)), jnp.float32)
+    truth = np.asarray(evaluate_tabular(mdp, probs).action_values)
+    q = td_critic_on_model(mdp, probs, jnp.arange(n_states), jax.random.key(0),
+                           default_td_iterations(gamma, step), step)
+    assert np.abs(np.asarray(q) - truth).max() <= 1.2e-3 * np.abs(truth).max()
+
+
+@pytest.mark.parametrize("name", ["mvg-td", "gamps", "gamps-ml"])
+def test_baselines_are_refused_where_q_hat_is_fitted_from_the_batch(name):
+    """Their Q_hat depends on every trajectory, so a leave-one-out baseline would bias them; the estimators with a
+    given model or real returns keep it."""
+    for baseline in ("constant", "state-value"):
+        with pytest.raises(ValueError, match=f"would bias {name!r}"):
+            check_baseline(get_estimator(name), baseline)
+    check_baseline(get_estimator(name), "none")
+    for fine in ("gpomdp", "reinforce", "mvg-mc", "mvg-dp", "fmg"):
+        check_baseline(get_estimator(fine), "constant")
 
 
 @pytest.mark.parametrize("baseline", ["constant", "state-value"])
@@ -142,6 +173,14 @@ def test_inferred_noise_reproduces_real_transitions_through_a_wrong_model(lqr_pr
     (lambda m, l, p: sample_gradients(m, l, "gpomdp", n_trajectories=1, options=EstimatorOptions(
         baseline="constant")), "needs n_trajectories >= 2"),
     (lambda m, l, p: sample_gradients(m, l, "mvg-dp", model=double_integrator()), "model must be the same kind"),
+    (lambda m, l, p: sample_gradients(double_integrator(), np.zeros((1, 2)), "fmg"),
+     "e.g. perturbed_lqr or learned_linear_model"),
+    (lambda m, l, p: sample_gradients(m, l, "mvg-td", model=p, n_trajectories=4, options=EstimatorOptions(
+        baseline="constant")), "baseline='constant' would bias 'mvg-td'"),
+    (lambda m, l, p: sample_gradients(m, l, "auto:gpomdp+mvg-td", model=p, n_trajectories=4, options=EstimatorOptions(
+        baseline="state-value")), "baseline='state-value' would bias 'mvg-td'"),
+    (lambda m, l, p: EstimatorOptions(td_step_size=0.0), "td_step_size must lie in"),
+    (lambda m, l, p: EstimatorOptions(n_rollouts=0), "n_rollouts must be a positive integer"),
     (lambda m, l, p: sample_gradients(m, l[:2], "gpomdp"), "params must be softmax logits"),
 ])
 def test_sampling_rejects_bad_requests(problem, call, message):

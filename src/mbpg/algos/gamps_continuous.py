@@ -31,7 +31,9 @@ One iteration (`make_train(config)(key)` runs them all in one `lax.scan`; `jax.v
 3. weighted least squares on every live buffered transition;
 4. Q_hat at each real pair of the current batch by `n_rollouts` model rollouts; "gpomdp" uses reward-to-go;
 5. a leave-one-out per-step mean baseline (the same for all three signals), the score-function gradient
-   1/N sum_i sum_t alive gamma^t (Q_hat - b) grad log pi, and an Adam ascent step.
+   1/N sum_i sum_t alive gamma^t (Q_hat - b) grad log pi, and an Adam ascent step. The baseline is unbiased for
+   gpomdp's returns; for the model signals it is not quite, since the model was fitted on the batch too (the
+   lab's estimators refuse it there, `estimators.check_baseline`; this loop keeps it as a variance cut).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def random_lqr(state_dim: int = 3, action_dim: int = 2, gamma: float = 0.9, seed
                policy_std: float = 0.3) -> LQR:
     """A random LQR with an open-loop spectral radius of 1.05 (mildly unstable, so the gain matters)."""
     key_a, key_b = jax.random.split(jax.random.key(seed))
-    A = np.asarray(jax.random.normal(key_a, (state_dim, state_dim)), np.float64)
+    A = np.array(jax.random.normal(key_a, (state_dim, state_dim)), np.float64)  # a copy: writable under x64
     A *= 1.05 / np.abs(np.linalg.eigvals(A)).max()
     B = np.asarray(jax.random.normal(key_b, (state_dim, action_dim)), np.float64) / np.sqrt(state_dim)
     return LQR(A, B, gamma=gamma, policy_std=policy_std)

@@ -54,7 +54,9 @@ def model_td_q(trajectories: Trajectory, model, params, key, iterations: int, st
 
 
 def leave_one_out_baseline(kind: str, signal: jax.Array, states: jax.Array, n_states: int | None) -> jax.Array:
-    """A baseline for trajectory i built from the other trajectories only, so it adds no bias.
+    """A baseline for trajectory i built from the other trajectories only, so it adds no bias as long as their
+    signals do not depend on trajectory i: real returns, or a given model's rollouts or DP. A Q_hat fitted from
+    the whole batch breaks that (`estimators.check_baseline` refuses it).
 
     "constant": the mean signal at the same step t; "state-value": the mean signal at the same state (a tabular
     Monte-Carlo estimate of V, i.e. a learned baseline). Where the others never visited a state, it is 0.

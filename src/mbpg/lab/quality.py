@@ -15,7 +15,7 @@ import numpy as np
 from mbpg.envs import LQR, TabularMDP
 from mbpg.gradients import EstimatorOptions
 from mbpg.lab.exact import exact_gradient
-from mbpg.lab.sampling import compile_sampler, validate_request
+from mbpg.lab.sampling import check_lab_baseline, compile_sampler, validate_request
 from mbpg.lab.selector import AutoEstimator, lab_estimator
 from mbpg.models import (
     learned_linear_model,
@@ -134,8 +134,8 @@ def estimator_quality(
     """
     if not estimators or not model_errors or not sample_sizes:
         raise ValueError("estimators, model_errors and sample_sizes must each name at least one value.")
-    for name in estimators:
-        lab_estimator(name)
+    for name in estimators:  # every name and baseline checked before the first draw compiles
+        check_lab_baseline(lab_estimator(name), (options or EstimatorOptions()).baseline)
     truth = exact_gradient(env, params, "mfg")
     root = jax.random.key(seed)
     models = [make_model(env, error_kind, value, jax.random.fold_in(root, i), params)

@@ -19,6 +19,7 @@ from rich.table import Table
 from mbpg.gradients import Baseline, EstimatorOptions
 from mbpg.lab.quality import QualityRow, best_per_point, estimator_quality
 from mbpg.lab.report import draw_figures, write_csv, write_report
+from mbpg.lab.sampling import check_lab_baseline
 from mbpg.lab.scenarios import DEFAULT_SCENARIO, SCENARIOS, get_scenario
 from mbpg.lab.selector import lab_estimator
 
@@ -68,8 +69,8 @@ class LabConfig:
             sample_sizes=chosen(self.sample_sizes, scenario.sample_sizes),
             n_estimates=chosen(self.n_estimates, scenario.n_estimates),
         )
-        for name in grid["estimators"]:
-            lab_estimator(name)  # registry names, or the selector "auto"
+        for name in grid["estimators"]:  # registry names, or the selector "auto"; and no baseline that biases one
+            check_lab_baseline(lab_estimator(name), self.baseline)
         for name in ("estimators", "model_errors", "sample_sizes"):
             if not grid[name]:
                 raise ValueError(f"--{name.replace('_', '-')} needs at least one value.")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpg.gradients import EstimatorOptions, check_estimator_inputs, draw_gradient
+from mbpg.gradients.estimators import check_baseline
 from mbpg.lab.exact import check_params
 from mbpg.lab.selector import AutoEstimator, lab_estimator
 from mbpg.policies import policy_for
@@ -89,6 +90,12 @@ def sample_gradients(
     return np.asarray(draws)
 
 
+def check_lab_baseline(resolved, baseline: str) -> None:
+    """`check_baseline` for a lab estimator, the selector's candidates included (they share the draw's baseline)."""
+    for estimator in getattr(resolved, "estimators", (resolved,)):
+        check_baseline(estimator, baseline)
+
+
 def validate_request(env, params, estimator, model, n_trajectories, horizon, n_estimates, options) -> SamplerSpec:
     check_params(env, params)
     resolved = lab_estimator(estimator)
@@ -98,6 +105,7 @@ def validate_request(env, params, estimator, model, n_trajectories, horizon, n_e
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     options = options or EstimatorOptions()
+    check_lab_baseline(resolved, options.baseline)
     if options.baseline != "none" and n_trajectories < 2:
         raise ValueError(f"baseline={options.baseline!r} needs n_trajectories >= 2 (it is leave-one-out).")
     if isinstance(resolved, AutoEstimator) and n_trajectories < 2:

@@ -34,6 +34,7 @@ import numpy as np
 from mbpg.envs import LQR, TabularMDP
 from mbpg.gradients import Baseline, EstimatorOptions, draw_gradient, sample_trajectories
 from mbpg.lab.exact import exact_return
+from mbpg.lab.sampling import check_lab_baseline
 from mbpg.lab.scenarios import get_scenario
 from mbpg.lab.selector import AutoEstimator, describe, for_training, lab_estimator
 from mbpg.models.linear import fit_linear_model
@@ -63,7 +64,8 @@ class LabTrainingConfig:
     """Cap on the norm of one step (default 1 on logits, 0.05 on an LQR gain, which one noisy gradient can
     otherwise push to instability)."""
     baseline: Baseline = "none"
-    """Baseline of the score-function estimators (none, constant, state-value; leave-one-out, so unbiased)."""
+    """Baseline of the score-function estimators (none, constant, state-value; leave-one-out, so unbiased; refused
+    for estimators whose Q_hat is fitted from the batch, such as mvg-td)."""
     seed: int = 0
     """Seed of the run's random numbers (trajectories, model rollouts)."""
 
@@ -74,6 +76,7 @@ class LabTrainingConfig:
         if self.baseline not in typing.get_args(Baseline):
             raise ValueError(f"--baseline must be one of {', '.join(typing.get_args(Baseline))}; "
                              f"got {self.baseline!r}.")
+        check_lab_baseline(lab_estimator(self.gradient), self.baseline)
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"--horizon must be >= 1; got {self.horizon}.")
         for name in ("learning_rate", "max_step"):

@@ -34,4 +34,10 @@ def effective_horizon(gamma: float, tolerance: float = 1e-3) -> int:
     """The smallest H with gamma^H <= tolerance: truncating there changes a discounted sum by at most that fraction."""
     if gamma == 0.0:
         return 1
-    return max(1, math.ceil(math.log(tolerance) / math.log(gamma)))
+    horizon = max(1, math.ceil(math.log(tolerance) / math.log(gamma)))
+    # The logarithms round: at tolerance = gamma^k exactly the quotient can land just above k.
+    while horizon > 1 and gamma ** (horizon - 1) <= tolerance:
+        horizon -= 1
+    while gamma ** horizon > tolerance:
+        horizon += 1
+    return horizon

@@ -20,6 +20,7 @@ from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradi
                                          check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, flatten_time,
                                   minibatch_epochs)
+from mbpg.keys import side_key
 from mbpg.optim import ppo_clip_loss
 from mbpg.values import ValueNetwork
 
@@ -82,7 +83,7 @@ class PPO(OnPolicyAgent):
         policy_params = self.policy.init(key_policy)
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
         opt_state = self.optimizer.init(eqx.filter((policy_params, value), eqx.is_array))
-        model = None if self.model_gradients is None else self.model_gradients.init(jax.random.fold_in(key, 1))
+        model = None if self.model_gradients is None else self.model_gradients.init(side_key(key, "model init"))
         return PPOState(policy_params, value, opt_state, self.reset_envs(key_env), key, model)
 
     def loss(self, models, batch):
@@ -117,7 +118,7 @@ class PPO(OnPolicyAgent):
             # normalisation (it would re-weight the candidates differently in every minibatch).
             model, samples, model_metrics = self.model_gradients.step(
                 state.model, state.policy_params, state.value, rollout, advantages, advantages.std() + 1e-8,
-                jax.random.fold_in(key_epochs, 1))
+                side_key(key_epochs, "model gradients"))
             data = (*samples, *flatten_time((returns, rollout.obs)))
 
         def minibatch_step(carry, batch):

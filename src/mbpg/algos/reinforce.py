@@ -20,6 +20,7 @@ from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradi
                                          check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
                                   flatten_time)
+from mbpg.keys import side_key
 from mbpg.values import ValueNetwork
 
 
@@ -70,7 +71,7 @@ class Reinforce(OnPolicyAgent):
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
         model = None
         if self.model_gradients is not None:
-            model = self.model_gradients.init(jax.random.fold_in(key, 1))
+            model = self.model_gradients.init(side_key(key, "model init"))
         return ReinforceState(params, value, self.policy_optimizer.init(eqx.filter(params, eqx.is_array)),
                               self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
                               self.reset_envs(key_env), key, model)
@@ -78,7 +79,7 @@ class Reinforce(OnPolicyAgent):
     def learn(self, state: ReinforceState, rollout, key):
         config = self.config
         key_value = key  # as before model-based gradients existed, so mfg runs keep their numbers
-        key_model, key_candidates = jax.random.split(jax.random.fold_in(key, 1))
+        key_model, key_candidates = jax.random.split(side_key(key, "model gradients"))
         batch_advantages, returns = advantages_and_returns(rollout, state.value, config.gamma, 1.0)
         obs, actions, advantages, returns = flatten_time((rollout.obs, rollout.action, batch_advantages, returns))
         scale = advantages.std() + 1e-8 if config.normalize_advantages else 1.0

@@ -20,6 +20,7 @@ from mbpg.algos.model_gradients import (LearnedModel, ModelGradients, ModelGradi
                                          check_gradient_settings)
 from mbpg.algos.on_policy import (OnPolicyAgent, advantages_and_returns, finished_episode_return, fit_value,
                                   flatten_time)
+from mbpg.keys import side_key
 from mbpg.optim import trust_region_step
 from mbpg.values import ValueNetwork
 
@@ -87,7 +88,7 @@ class TRPO(OnPolicyAgent):
     def init(self, key) -> TRPOState:
         key_policy, key_value, key_env, key = jax.random.split(key, 4)
         value = ValueNetwork(self.spec.obs_dim, self.config.hidden, key_value)
-        model = None if self.model_gradients is None else self.model_gradients.init(jax.random.fold_in(key, 1))
+        model = None if self.model_gradients is None else self.model_gradients.init(side_key(key, "model init"))
         return TRPOState(self.policy.init(key_policy), value, self.value_optimizer.init(eqx.filter(value, eqx.is_array)),
                          self.reset_envs(key_env), key, model)
 
@@ -110,7 +111,7 @@ class TRPO(OnPolicyAgent):
             # One scale for every candidate (no mean shift: the selector compared these very advantages).
             scale = advantages.std() + 1e-8
             model, samples, model_metrics = self.model_gradients.step(
-                state.model, old_params, state.value, rollout, advantages, scale, jax.random.fold_in(key_value, 1))
+                state.model, old_params, state.value, rollout, advantages, scale, side_key(key_value, "model gradients"))
             obs, returns = flatten_time((rollout.obs, returns))
             log_prob_k = jax.vmap(log_prob, in_axes=(None, 1, 1), out_axes=1)
 

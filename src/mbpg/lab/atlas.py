@@ -28,6 +28,7 @@ import numpy as np
 
 from mbpg import envs
 from mbpg.envs import LQR
+from mbpg.keys import side_key
 from mbpg.lab.exact import UnstableGainWarning, exact_gradient
 from mbpg.lab import report
 from mbpg.lab.quality import _stable_hash, make_model, model_distance, summarise_draws
@@ -190,7 +191,7 @@ def run_atlas_grid(grid: AtlasGrid, seed: int = 0, progress: Callable[[str], Non
                     columns = [(name, estimates[:, level, k], float(weights[:, level, k].mean()))
                                for k, name in enumerate(auto.candidates)] + [("auto", mixed[:, level], math.nan)]
                     errors = np.stack([_squared_errors(draws, truth) for _, draws, _ in columns])  # [K+1, R]
-                    low, high = _ratio_interval(errors, jax.random.fold_in(key, n))
+                    low, high = _ratio_interval(errors, jax.random.fold_in(side_key(key, "bootstrap"), n))
                     columns.append((EQUAL_MIX, estimates[:, level].mean(1), math.nan))
                     for name, draws, weight in columns:
                         stats = summarise_draws(np.asarray(draws), truth)

@@ -25,6 +25,7 @@ from mbpg.gradients.selector import (  # noqa: F401  (re-exported: the lab's pub
     selection_from_flat,
     simplex_qp,
 )
+from mbpg.keys import side_key
 
 
 # --- The selector as a lab estimator ---------------------------------------------------------------------------
@@ -41,7 +42,7 @@ class AutoEstimator:
     (independent), and the draw is the selector's mix. Hashable, so it is a static argument of a jitted sampler.
 
     Each candidate's own estimate inside a draw equals `draw_gradient` of that estimator: real-data candidates
-    with the draw's key, model-data candidates with `fold_in(key, 1)` (their trajectories must not share the
+    with the draw's key, model-data candidates with `side_key(key, "model trajectories")` (their trajectories must not share the
     real ones' random numbers, or they would not be independent).
     """
 
@@ -90,7 +91,7 @@ class AutoEstimator:
     def contributions(self, env, model, policy, params, key, n_trajectories: int, horizon: int,
                       options: EstimatorOptions = EstimatorOptions()) -> jax.Array:
         """Per-trajectory contributions of every candidate, [K, N, *params.shape]."""
-        model_key = jax.random.fold_in(key, 1)
+        model_key = side_key(key, "model trajectories")
         batches = {"real": _trajectories(env, policy, params, key, n_trajectories, horizon),
                    "model": _trajectories(model, policy, params, model_key, n_trajectories, horizon)
                    if any(e.d_source == "model" for e in self.estimators) else None}

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from gymnasium import spaces
 
+from mbpg.keys import side_key
 from mbpg.policies.mlp import ACTIVATIONS, MLP, build_mlp
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -286,7 +287,7 @@ def predict_batch(model: GaussianEnsemble, obs, actions, key: jax.Array, determi
         padded = perm
         position = jnp.arange(n, dtype=jnp.int32)
     else:  # the permutation dealt round the elites from a random one: slot (j, c) holds entry c n_elites + k
-        offset = jax.random.randint(jax.random.fold_in(key_perm, 1), (), 0, n_elites)
+        offset = jax.random.randint(side_key(key_perm, "elite offset"), (), 0, n_elites)
         k = (jnp.arange(n_elites)[:, None] - offset) % n_elites
         entry = jnp.arange(group)[None, :] * n_elites + k  # [n_elites, group]; entries >= n are padding
         padded = perm[(entry % n).reshape(-1)]  # entries < n are themselves; padding is computed and dropped

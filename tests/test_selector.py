@@ -13,6 +13,7 @@ from mbpg.gradients import draw_gradient, get_estimator
 from mbpg.lab import exact_gradient, sample_gradients
 from mbpg.lab.selector import AutoEstimator, estimated_mse, lab_estimator, select_gradient, simplex_qp
 from mbpg.models import mixture_model
+from mbpg.keys import side_key
 from mbpg.policies import policy_for
 
 
@@ -183,7 +184,7 @@ def test_each_candidate_inside_a_draw_is_that_estimator_s_own_draw(problem):
     key = jax.random.key(5)
     estimates, _, _ = draws(model, key[None])
     for index, name in enumerate(auto.candidates):
-        own_key = key if get_estimator(name).d_source == "real" else jax.random.fold_in(key, 1)
+        own_key = key if get_estimator(name).d_source == "real" else side_key(key, "model trajectories")
         own = draw_gradient(get_estimator(name), env, model, policy_for(env), jnp.asarray(logits, jnp.float32),
                             own_key, N, HORIZON)
         np.testing.assert_allclose(estimates[0, index], own, rtol=1e-4, atol=1e-7)

@@ -284,3 +284,22 @@ def test_make_rejects_impossible_backends():
         make("CartPoleSwingUp-v0", backend="gymnasium")
     with pytest.raises(ValueError, match=r"backend must be one of"):
         make("Pendulum-v1", backend="torch")
+
+
+def test_a_resumed_host_env_run_does_not_replay_chunk_0(tmp_path):
+    """The host driver's envs and acting keys are not in the checkpoint; a resumed run once restarted them and
+    collected chunk 0's transitions again (SAC in its random phase: the same actions, observations and start)."""
+    from mbpg.algos.sac import SAC, SACConfig
+    from mbpg.envs.gym_adapter import GymnasiumEnv
+    from mbpg.train.loop import LoopSettings, train
+
+    chunk = 20
+    env = GymnasiumEnv("Pendulum-v1")
+    agent = SAC(SACConfig(chunk_steps=chunk, learning_starts=10_000, buffer_size=100, hidden=(8,), batch_size=4), env)
+    common = dict(seed=3, eval_every=10**9, eval_episodes=1, checkpoint_every=chunk, tensorboard=False)
+    train(agent, env, "Pendulum-v1", LoopSettings(chunk, **common), tmp_path / "cut")
+    resumed = train(agent, env, "Pendulum-v1", LoopSettings(2 * chunk, **common), tmp_path / "cut", resume=True)
+    data = jax.tree.map(lambda x: np.asarray(x)[0], resumed["state"].replay.data)
+    assert int(np.asarray(resumed["state"].replay.size)[0]) == 2 * chunk
+    for name in ("obs", "action"):
+        assert not np.isclose(data[name][chunk:2 * chunk], data[name][:chunk]).all(axis=-1).any(), name

@@ -14,16 +14,27 @@ import numpy as np
 
 from mbpg.algos.on_policy import Rollout, finished_episode_return
 from mbpg.envs.gym_adapter import GymnasiumEnv
+from mbpg.keys import side_key
 
 
 class HostDriver:
-    def __init__(self, agent, env: GymnasiumEnv, seed: int):
+    """The host side of a run: its envs, their running returns and the key chain of acting (none of it is in the
+    checkpoint). A run resumed at chunk `first_chunk` > 0 starts a fresh chain and fresh env seeds derived from
+    that chunk: restarting the ones of chunk 0 replayed chunk 0's actions and start states (a SAC run in its
+    random phase stored chunk 0's transitions twice). Resumed runs are therefore not bit for bit the uninterrupted
+    run, as Gymnasium's own RNG state is not checkpointed either."""
+
+    def __init__(self, agent, env: GymnasiumEnv, seed: int, first_chunk: int = 0):
         self.agent, self.env_id, self.seed = agent, env.env_id, seed
         n_envs = getattr(agent.config, "n_envs", 1)
         self.envs = [env] + [GymnasiumEnv(env.env_id) for _ in range(n_envs - 1)]
-        self.obs = np.stack([e.reset(seed=seed * 10_000 + i) for i, e in enumerate(self.envs)]).astype(np.float32)
+        env_seeds = [seed * 10_000 + i if first_chunk == 0 else
+                     int(np.random.SeedSequence([seed, first_chunk, i]).generate_state(1)[0]) for i in range(n_envs)]
+        self.obs = np.stack([e.reset(seed=s) for s, e in zip(env_seeds, self.envs)]).astype(np.float32)
         self.returns = np.zeros(n_envs, np.float32)
         self.key = jax.random.fold_in(jax.random.key(seed), 0x4057)
+        if first_chunk:
+            self.key = jax.random.fold_in(side_key(self.key, "resume"), first_chunk)
         spec, policy = agent.spec, getattr(agent, "policy", None)
         if hasattr(agent, "learn"):
             self._sample = eqx.filter_jit(lambda params, obs, keys: jax.vmap(

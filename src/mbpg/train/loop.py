@@ -7,7 +7,9 @@ An agent is any object with
     train_chunk(state) -> (state, metrics)   (pure and jittable: steps_per_chunk env steps with their updates)
     act(state, obs, key) -> action           (the deterministic evaluation policy)
 Because the state carries the key, a run resumed from the checkpoint after chunk c repeats exactly the chunks an
-uninterrupted run would have made.
+uninterrupted run would have made, on the JAX ports. On host-side Gymnasium envs the envs and the acting keys
+live outside the state, so a resumed run continues with fresh ones (`HostDriver`): a valid continuation, not the
+same numbers.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
         if settings.n_seeds != 1:
             raise ValueError("host-side Gymnasium envs train one seed per process; pass --seeds 1 (or use a JAX "
                              "port, whose seeds run as one vmapped program).")
-        driver = HostDriver(agent, env, settings.seed)
+        driver = HostDriver(agent, env, settings.seed, first_chunk)
 
         def chunk_fn(state):
             new_state, metrics = driver.chunk(first_seed(state))

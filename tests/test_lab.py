@@ -40,6 +40,26 @@ def test_quality_grid_is_complete_and_consistent():
     assert [r.mse for r in rows] == [r.mse for r in again]  # same seed, same numbers
 
 
+def test_pathwise_estimators_report_no_population_gradient_and_unstable_models_no_q():
+    """svg's mean is not the MVG gradient once the model is wrong (its inferred noise absorbs the error), so the
+    lab reports no population bias for it rather than MVG's; and Q on a model where the policy is unstable is
+    undefined (NaN), not the finite nonsense of an unstable evaluation."""
+    import jax.numpy as jnp
+
+    from mbpg.envs import double_integrator
+    from mbpg.values import evaluate_lqr, exact_action_value_fn
+
+    lqr = double_integrator(gamma=0.8)
+    gain = 0.5 * np.asarray(lqr.optimal_gain())
+    rows = estimator_quality(lqr, gain, ["svg", "mvg-dp"], [0.05], [2], n_estimates=20, seed=0)
+    population = {r.estimator: r.population_bias for r in rows}
+    assert np.isnan(population["svg"]) and np.isfinite(population["mvg-dp"]) and population["mvg-dp"] > 0
+    unstable = -np.asarray(lqr.optimal_gain()) * 4.0
+    assert not bool(evaluate_lqr(lqr, jnp.asarray(unstable)).stable)
+    assert np.isnan(exact_action_value_fn(lqr, jnp.asarray(unstable))(jnp.ones(2), jnp.ones(1)))
+    assert np.isfinite(exact_action_value_fn(lqr, jnp.asarray(gain))(jnp.ones(2), jnp.ones(1)))
+
+
 def test_cli_lab_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["lab", "chain", "--estimators", "gpomdp", "mvg-dp", "--model-errors", "0", "0.3",

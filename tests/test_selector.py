@@ -83,6 +83,28 @@ def test_simplex_qp_matches_a_brute_force_grid(k):
         assert value >= objective.min() - 10 * step * (np.abs(q).max() + np.abs(c).max())  # ...and close to it
 
 
+def test_simplex_qp_mixes_small_candidates_beside_a_huge_one():
+    """MFG, a mildly biased MVG and a far-off FMG (scales 1e-4 and 100): the optimum mixes the first two half and
+    half (closed form), in float32 too; judging the small face against the constraint's 1s once skipped it."""
+    differences = np.stack([np.zeros(2), [1e-2, 0.0], [0.0, 10.0]])
+    quadratic, linear = differences @ differences.T, np.array([1e-4, 0.5e-4, 0.0])
+    np.testing.assert_allclose(simplex_qp(jnp.asarray(quadratic, jnp.float32), jnp.asarray(linear, jnp.float32)),
+                               [0.5, 0.5, 0.0], atol=1e-4)
+
+
+def test_a_candidate_whose_moments_overflow_gets_weight_0_and_the_rest_are_mixed_as_without_it():
+    """An FMG on a model where the policy diverges can reach contributions of 1e28: squared in float32 they
+    overflow, which once made every weight NaN. The others must be mixed exactly as if it were absent."""
+    flat = jax.random.normal(jax.random.key(4), (3, 8, 5)) + jnp.array([0.0, 0.3, 0.0])[:, None, None]
+    flat = flat.at[2].multiply(1e28)
+    gradient, selection = select_gradient(flat, (False, False, True))
+    alone, alone_selection = select_gradient(flat[:2], (False, False))
+    assert selection.weights[2] == 0 and np.isfinite(gradient).all()
+    np.testing.assert_allclose(selection.weights[:2], alone_selection.weights, rtol=1e-5)
+    np.testing.assert_allclose(gradient, alone, rtol=1e-5, atol=1e-6)
+    assert not np.isfinite(select_gradient(flat[::-1], (False, True, False))[1].weights).any()  # no usable MFG
+
+
 def test_select_gradient_takes_pytrees_and_composes_with_jit_and_vmap():
     flat, _ = synthetic(jax.random.key(2), 3, n=8)
     tree = {"a": flat[..., :2], "b": flat[..., 2:].reshape(3, 3, 8, 2, 2)}

@@ -256,7 +256,9 @@ class ModelGradients:
         else:
             contributions = self._contributions(params, batch)
             weights, selection = unit_weights(contributions, INDEPENDENT, FORCED_CROSS_FIT.get(self.settings.gradient))
-            batch = batch._replace(advantage=batch.advantage * weights[:, None, :])
+            # An unused candidate adds exactly 0, even where its advantages overflowed (0 * inf is NaN).
+            weights = weights[:, None, :]
+            batch = batch._replace(advantage=jnp.where(weights > 0, batch.advantage * weights, 0.0))
             metrics = selection_metrics(selection)
         # [K', T, n_envs, ...] -> [T * n_envs, K', ...], the layout of `flatten_time` for the real batch
         samples = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2).reshape((-1,) + x.shape[:1] + x.shape[3:]), batch)

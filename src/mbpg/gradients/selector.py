@@ -61,9 +61,15 @@ def select_gradient(contributions, independent: Sequence[bool] | None = None):
                          f"{[leaf.shape[:2] for leaf in leaves]}.")
     flat = jnp.concatenate([leaf.reshape(k, n, -1) for leaf in leaves], axis=-1)
     selection = selection_from_flat(flat, independent)
-    gradient = jax.tree.map(lambda leaf: jnp.tensordot(selection.weights.astype(leaf.dtype), leaf.mean(1), 1),
-                            contributions)
+    gradient = jax.tree.map(lambda leaf: _mix(selection.weights, leaf.mean(1)), contributions)
     return gradient, selection
+
+
+def _mix(weights: jax.Array, means: jax.Array) -> jax.Array:
+    """sum_k w_k g_k over the candidates' means [K, ...]; a candidate with weight 0 adds exactly 0, even where
+    its mean is not finite (0 * inf would be NaN)."""
+    unused = (weights <= 0).reshape((-1,) + (1,) * (means.ndim - 1))
+    return jnp.tensordot(weights.astype(means.dtype), jnp.where(unused, 0.0, means), 1)
 
 
 def selection_from_flat(flat: jax.Array, independent: Sequence[bool] | None = None) -> Selection:
@@ -71,7 +77,12 @@ def selection_from_flat(flat: jax.Array, independent: Sequence[bool] | None = No
     gram, cross, variance = _moments(flat, independent)
     # b_0 = 0 by definition (the formula gives 0 up to rounding). E||g_k - g_0||^2 = b_k^2 + tr Var(g_k - g_0).
     bias2 = (jnp.diag(gram) - (variance - 2 * cross + variance[0])).at[0].set(0.0)
-    weights = simplex_qp(gram, cross)
+    # A candidate whose moments overflow (float32 squares of a gradient beyond ~1e19: an FMG on a model where
+    # the policy diverges) gets weight 0 instead of turning every weight into NaN; without MFG's, nothing is known.
+    usable = jnp.isfinite(jnp.diag(gram)) & jnp.isfinite(cross) & jnp.isfinite(variance)
+    gram = jnp.where(usable[:, None] & usable[None, :], gram, 0.0)
+    cross = jnp.where(usable, cross, 0.0)
+    weights = jnp.where(usable[0], simplex_qp(gram, cross, allowed=usable), jnp.nan)
     return Selection(weights, bias2, variance, bias2 + variance, _risk(gram, cross, variance[0], weights))
 
 
@@ -108,14 +119,17 @@ def _risk(gram, cross, reference_variance, weights):
     return weights @ gram @ weights + 2 * weights @ cross - reference_variance
 
 
-def simplex_qp(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
+def simplex_qp(quadratic: jax.Array, linear: jax.Array, allowed: jax.Array | None = None) -> jax.Array:
     """argmin of w^T Q w + 2 c^T w over {w >= 0, sum w = 1}, exactly, for a small K (Q symmetric PSD).
 
     The minimiser lies in the relative interior of some face of the simplex and is stationary there, so it solves
     that face's KKT system [[Q_SS, 1], [1^T, 0]] [w_S; mu] = [-c_S; 1]. Every face is solved (2^K - 1 small
     systems); the feasible solution with the lowest objective is the answer. Vertices are always feasible and
     their systems never singular, so one always exists. A face whose system is singular is skipped: its minimisers
-    form an affine set that reaches the face's boundary, so a smaller face attains the same minimum.
+    form an affine set that reaches the face's boundary, so a smaller face attains the same minimum. Singularity
+    is judged against the face's own Q_SS scale, not the constraint's 1s: with candidates whose scales differ by
+    1e5 or more, a good face of small ones was once skipped. `allowed` [K] (default all): faces using a
+    candidate outside it are not considered (at least one allowed candidate is needed).
     """
     k = linear.shape[0]
     if k > 8:
@@ -126,24 +140,27 @@ def simplex_qp(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
     masks = jnp.asarray(np.array(list(itertools.product((0.0, 1.0), repeat=k))[1:]), q.dtype)  # [F, K]
 
     def face(mask):
-        system = jnp.block([[q * mask[:, None] * mask[None, :] + jnp.diag(1.0 - mask), mask[:, None]],
+        block = q * mask[:, None] * mask[None, :]
+        system = jnp.block([[block + jnp.diag(1.0 - mask), mask[:, None]],
                             [mask[None, :], jnp.zeros((1, 1), q.dtype)]])
         rhs = jnp.concatenate([-c * mask, jnp.ones(1, q.dtype)])
-        solution, singular = _solve_small(system, rhs)
+        solution, singular = _solve_small(system, rhs, scale=jnp.abs(block).max())
         residual = jnp.abs(system @ solution - rhs).max()
         w = solution[:k] * mask
         feasible = (w >= -1e-5).all() & (residual < 1e-4) & ~singular
         w = jnp.clip(w, 0.0, None)
         w = w / jnp.maximum(w.sum(), 1e-30)
+        if allowed is not None:
+            feasible = feasible & ~jnp.any((mask > 0) & ~allowed)
         return w, jnp.where(feasible, w @ q @ w + 2 * c @ w, jnp.inf)
 
     weights, values = jax.vmap(face)(masks)
     return weights[jnp.argmin(values)]
 
 
-def _solve_small(a: jax.Array, b: jax.Array):
+def _solve_small(a: jax.Array, b: jax.Array, scale: jax.Array | None = None):
     """(x with a x = b, whether a is numerically singular) for a small square a, by Gauss-Jordan elimination with
-    partial pivoting unrolled in plain jnp ops.
+    partial pivoting unrolled in plain jnp ops. A pivot is singular below 10 n eps times `scale` (default max|a|).
 
     Why not jnp.linalg: batched LAPACK kernels (jaxlib 0.10.2 on CPU) split the batch over XLA's intra-op thread
     pool and block in it; two such kernels running at once (the two halves of a cross-fitted selection, under
@@ -151,7 +168,10 @@ def _solve_small(a: jax.Array, b: jax.Array):
     n = a.shape[0]
     rows = jnp.arange(n)
     augmented = jnp.concatenate([a, b[:, None]], 1)
-    tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.abs(a).max(), 1e-30)
+    if scale is None:
+        tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.abs(a).max(), 1e-30)
+    else:  # a caller's scale may be legitimately tiny (a face of small candidates beside a huge one)
+        tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(scale, jnp.finfo(a.dtype).tiny)
     singular = jnp.zeros((), bool)
     for col in range(n):
         pivot = jnp.argmax(jnp.where(rows >= col, jnp.abs(augmented[:, col]), -1.0))
@@ -216,13 +236,14 @@ def select_gradient_cross_fitted(contributions, independent: Sequence[bool] | No
     and many parameters it leans toward whichever candidate's noise happens to agree with MFG's (the selection's
     optimism, measured in the atlas report). Cross-fitting makes each half's weights independent of that half's
     estimates, at the price of choosing from N/2 trajectories. Returns (gradient, Selection) where the Selection's
-    weights are the two halves' average and its other fields come from all N trajectories. Needs N >= 4.
+    weights are the two halves' average w̄ and its other fields come from all N trajectories; its mixed_mse is
+    MSE^(w̄), a summary, not an estimate for the returned gradient (each half mixed with the other's weights).
+    Needs N >= 4.
     """
     first, second, on_first, on_second = _half_selections(contributions, independent)
 
     def mix(leaf_first, leaf_second):
-        return 0.5 * (jnp.tensordot(on_second.weights.astype(leaf_first.dtype), leaf_first.mean(1), 1)
-                      + jnp.tensordot(on_first.weights.astype(leaf_second.dtype), leaf_second.mean(1), 1))
+        return 0.5 * (_mix(on_second.weights, leaf_first.mean(1)) + _mix(on_first.weights, leaf_second.mean(1)))
 
     gradient = jax.tree.map(mix, first, second)
     return gradient, _cross_fitted_selection(contributions, independent, on_first, on_second)

@@ -69,7 +69,11 @@ def population_kind(estimator: str) -> str:
 
 @dataclasses.dataclass
 class QualityRow:
-    """One (estimator, model error, N) grid point. Norms are Euclidean over all gradient entries."""
+    """One (estimator, model error, N) grid point. Norms are Euclidean over all gradient entries.
+
+    population_bias is ||population gradient - truth|| for the infinite horizon (the estimator's mean with
+    untruncated trajectories; NaN where it has no closed form: auto, svg, uim); `bias` is measured at the run's
+    horizon, so with a short --horizon the two also differ by the truncation."""
 
     estimator: str
     gradient_type: str
@@ -151,7 +155,9 @@ def estimator_quality(
             for index, (value, model) in enumerate(zip(model_errors, models)):
                 if progress:
                     progress(f"{name} N={n_trajectories} {error_kind}={value:g}")
-                if isinstance(estimator, AutoEstimator):  # a data-dependent mix: no closed-form population value
+                if isinstance(estimator, AutoEstimator) or estimator.form == "pathwise":
+                    # No closed-form population value: auto is a data-dependent mix; svg/uim's inferred noise
+                    # absorbs the model's error, so their mean is not the MVG gradient (z = 26-39 off it on lqr).
                     population = np.full_like(truth, np.nan)
                 elif getattr(estimator, "fitted", None) is not None:  # the model is fitted inside each draw
                     population = fitted_population(env, params, estimator.fitted, horizon, options)

@@ -161,7 +161,8 @@ def write_report(rows: Sequence[QualityRow], config: dict, out_dir: Path, figure
         "",
         "Every number below is measured against the exact MFG gradient (float64 oracle) from "
         f"{rows[0].n_estimates} independent estimates per grid point. MSE = bias^2 + variance; population bias is "
-        "the distance of the estimator type's exact population gradient (FMG or MVG on the model) from the truth.",
+        "the distance of the estimator type's exact population gradient (FMG or MVG on the model, infinite "
+        "horizon) from the truth; nan where there is no closed form (auto, svg, uim).",
         "",
         "## Which gradient wins (lowest MSE; in brackets how many times larger the runner-up's MSE is)",
         "",

@@ -9,8 +9,10 @@ One iteration, for the policy theta_k:
 1. the estimator draws its gradient from N real trajectories of theta_k (and, for FMG, N model trajectories);
 2. the model p_hat it uses is fitted on the real transitions of all EARLIER iterations (tabular: maximum
    likelihood, unvisited pairs uniform; LQR: least squares), so given p_hat the model's trajectories are
-   independent of this batch, as the selector assumes for FMG. Iteration 0 has no earlier data: its model is
-   fitted on its own batch (the one place where that independence is only approximate). (A Dirichlet(1) prior
+   independent of this batch, as the selector assumes for FMG (auto draws them from a side key). Iteration 0 has
+   no earlier data: its model is fitted on its own batch (the one place where that independence is only
+   approximate). The fixed fmg gradient samples its model trajectories with the real batch's key (common random
+   numbers with the batch the next model is fitted on; each step's gradient is not biased by it). (A Dirichlet(1) prior
    was tried first: with 16 next states it mixes ~25% of uniform into every row after 50 visits, and the
    model-based gradients then learned at a third of GPOMDP's speed; the learning-curve benchmark records ML.)
 3. theta_{k+1} = theta_k + learning_rate * gradient, the step's norm capped at `max_step`;

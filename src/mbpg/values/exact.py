@@ -92,7 +92,8 @@ def exact_action_value_fn(env, params):
     if isinstance(env, TabularMDP):
         table = evaluate_tabular(env, jax.nn.softmax(params, axis=-1)).action_values
         return lambda state, action: table[state, action]
-    if isinstance(env, LQR):
-        evaluation = evaluate_lqr(env, params)
-        return lambda state, action: lqr_action_value(env, evaluation, state, action)
+    if isinstance(env, LQR):  # NaN where the policy is unstable on env: Q is undefined, and the value matrix of
+        evaluation = evaluate_lqr(env, params)  # an unstable evaluation is finite nonsense (mvg-dp drew it)
+        return lambda state, action: jnp.where(evaluation.stable, lqr_action_value(env, evaluation, state, action),
+                                               jnp.nan)
     raise TypeError(f"no exact evaluation for {type(env).__name__}: it needs a TabularMDP or an LQR.")

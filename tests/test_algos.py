@@ -63,6 +63,9 @@ def test_plot_draws_learning_curves_across_seeds(tmp_path):
     (["train", "ppo", "--steps", "10"], "below one training chunk"),
     (["train", "ppo", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
     (["plot", "/nonexistent/run"], "is not a run directory"),
+    # fewer samples than minibatches once left the value net untrained without a word (NaN loss, zero gradients)
+    (["train", "trpo", "--n-envs", "1", "--n-steps", "8"], "cannot fill --value-minibatches 16"),
+    (["train", "reinforce", "--n-envs", "1", "--n-steps", "3"], "cannot fill the value fit's 4 minibatches"),
 ])
 def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2

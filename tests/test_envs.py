@@ -184,3 +184,17 @@ def test_side_keys_are_none_of_the_keys_a_split_hands_out():
         assert (side == np.asarray(jax.random.key_data(side_key(key, name)))).all()
     assert not (np.asarray(jax.random.key_data(side_key(key, "a"))) ==
                 np.asarray(jax.random.key_data(side_key(key, "b")))).all()
+
+
+def test_episodes_step_and_evaluate_under_x64():
+    """The episode return starts as float32; a float64 reward (x64) once changed the scan carry's dtype."""
+    from mbpg.envs import autoreset
+    from mbpg.envs.classic_control import Pendulum
+
+    with jax.enable_x64(True):
+        env = Pendulum()
+        state = autoreset.reset(env, jax.random.key(0))
+        state, _ = autoreset.step(env, state, jnp.zeros(1), jax.random.key(1), 200)
+        assert state.episode_return.dtype == jnp.float32
+        returns = autoreset.evaluate(env, lambda params, obs, key: jnp.zeros(1), None, jax.random.key(2), 2, 20)
+        assert np.isfinite(np.asarray(returns)).all()

@@ -88,8 +88,12 @@ def flatten_time(tree):
 
 
 def minibatch_epochs(step, carry, data, key, epochs: int, minibatches: int):
-    """Run `step(carry, minibatch) -> (carry, info)` over `epochs` shuffled passes of `minibatches` each."""
+    """Run `step(carry, minibatch) -> (carry, info)` over `epochs` shuffled passes of `minibatches` each; the
+    size % minibatches samples left over by each shuffle sit that epoch out."""
     size = jax.tree.leaves(data)[0].shape[0]
+    if size < minibatches:  # empty minibatches: NaN losses, zero gradients, a value net that never trains
+        raise ValueError(f"a batch of {size} samples cannot fill {minibatches} minibatches; collect more per "
+                         "update (n_envs * n_steps) or use fewer minibatches.")
     batch = size // minibatches
 
     def epoch(carry, key):

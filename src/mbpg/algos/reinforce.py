@@ -24,6 +24,10 @@ from mbpg.keys import side_key
 from mbpg.values import ValueNetwork
 
 
+VALUE_MINIBATCHES = 4
+"""Minibatches per epoch of the value baseline's regression."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ReinforceConfig(ModelGradientSettings):
     n_envs: int = 8
@@ -61,6 +65,9 @@ class Reinforce(OnPolicyAgent):
         super().__init__(config, env)
         self.policy_optimizer = optax.adam(config.learning_rate)
         self.value_optimizer = optax.adam(config.value_learning_rate)
+        if self.steps_per_chunk < VALUE_MINIBATCHES:
+            raise ValueError(f"n_envs * n_steps = {self.steps_per_chunk} samples cannot fill the value fit's "
+                             f"{VALUE_MINIBATCHES} minibatches; collect at least {VALUE_MINIBATCHES} per update.")
         check_gradient_settings(config, env, self.spec)
         self.model_gradients = None if config.gradient == "mfg" else ModelGradients(
             config, env, self.spec, self.policy, config.gamma)
@@ -101,7 +108,7 @@ class Reinforce(OnPolicyAgent):
         updates, policy_opt = self.policy_optimizer.update(grads, state.policy_opt)
         params = eqx.apply_updates(state.policy_params, updates)
         value, value_opt, value_loss = fit_value(state.value, self.value_optimizer, state.value_opt, obs, returns,
-                                                 key_value, config.value_epochs, 4)
+                                                 key_value, config.value_epochs, VALUE_MINIBATCHES)
         metrics = {"policy_loss": loss, "value_loss": value_loss,
                    "train_episode_return": finished_episode_return(rollout), **model_metrics}
         return dataclasses.replace(state, policy_params=params, value=value, policy_opt=policy_opt,

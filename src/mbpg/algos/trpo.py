@@ -81,6 +81,9 @@ class TRPO(OnPolicyAgent):
     def __init__(self, config: TRPOConfig, env):
         super().__init__(config, env)
         self.value_optimizer = optax.adam(config.value_learning_rate)
+        if self.steps_per_chunk < config.value_minibatches:
+            raise ValueError(f"n_envs * n_steps = {self.steps_per_chunk} samples cannot fill --value-minibatches "
+                             f"{config.value_minibatches}; collect more per update or lower --value-minibatches.")
         check_gradient_settings(config, env, self.spec)
         self.model_gradients = None if config.gradient == "mfg" else ModelGradients(
             config, env, self.spec, self.policy, config.gamma, config.gae_lambda)

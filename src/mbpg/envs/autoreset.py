@@ -62,7 +62,7 @@ def step(env, env_state: EnvState, action, key: jax.Array, limit: int) -> tuple[
     t = env_state.t + 1
     truncated = (t >= limit) & ~terminated
     done = terminated | truncated
-    episode_return = env_state.episode_return + reward
+    episode_return = env_state.episode_return + jnp.asarray(reward, env_state.episode_return.dtype)  # x64-safe
     fresh = reset(env, key_reset)
     carried = EnvState(next_state, next_obs, t, episode_return)
     new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, carried)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from mbpg.keys import side_key
 from mbpg.models.gp import GP, fit_gp, moment_match, se_expansion_moments, se_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -492,7 +493,10 @@ def pilco_iteration(config: PILCOConfig, state: PilcoState) -> tuple[PilcoState,
     size = config.pad_multiple * math.ceil(len(inputs) / config.pad_multiple)
     warm = state if bool(jnp.all(jnp.isfinite(state.log_signal_std))) else None
     gp = fit_gp(inputs, targets, pad_to=size, init=warm, maxiter=config.gp_maxiter)
-    starts = [state.policy] + [init_policy(task, config, jax.random.fold_in(state.key, 1 + r))
+    # The restarts' keys come from a side stream: fold_in(state.key, 1) is split(state.key)[1], the episode's key
+    # below, which once drew restart 0's RBF centres from the bits of the episode's start state.
+    restarts = side_key(state.key, "policy restarts")
+    starts = [state.policy] + [init_policy(task, config, jax.random.fold_in(restarts, r))
                                for r in range(config.policy_restarts)]
     searches = [optimize_policy(task, gp, p, config.horizon, config.policy_maxiter) for p in starts]
     policy = min(searches, key=lambda search: search[2])[0]

@@ -32,7 +32,9 @@ ModelError = Literal["dial", "adversarial", "learned"]
 def make_model(env, error_kind: ModelError, value: float, key: jax.Array, params=None):
     """The model p_hat at one grid point of model error.
 
-    dial: p_hat = (1-eps) p + eps q with a random q (tabular), or (A, B) off by relative error eps (LQR).
+    dial: p_hat = (1-eps) p + eps q with a random q (tabular), or (A, B) off by relative error eps (LQR). Each
+    grid point draws its own q (or direction) from its key, so the levels of a dial are independent models of
+    that size of error, not one direction scaled (a curve over eps mixes the size with the draw).
     adversarial: the tabular dial with q on the lowest-value state of the policy `params`.
     learned: fit from `value` samples per (s, a) (tabular, Dirichlet prior 1) or `value` transitions (LQR).
     """

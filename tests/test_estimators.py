@@ -132,6 +132,18 @@ def lqr_problem():
     return lqr, gain, perturbed_lqr(lqr, 0.1, jax.random.key(4))
 
 
+def test_svg_and_mvg_dp_are_nan_where_the_gain_is_unstable_on_the_model(lqr_problem):
+    """V_hat (svg's bootstrap) and Q_hat (mvg-dp) do not exist there; an unstable evaluation's value matrix is
+    finite nonsense, which both once used."""
+    lqr, gain, _ = lqr_problem
+    model = lqr.replace(A=2.0 * np.asarray(lqr.A))
+    for name in ("svg", "mvg-dp"):
+        out = sample_gradients(lqr, gain, name, model=model, n_trajectories=2, horizon=10, n_estimates=2)
+        assert np.isnan(out).all(), name
+        assert np.isfinite(sample_gradients(lqr, gain, name, model=lqr, n_trajectories=2, horizon=10,
+                                            n_estimates=2)).all(), name
+
+
 def test_svg_is_unbiased_with_an_exact_model_and_has_far_lower_variance(lqr_problem):
     lqr, gain, _ = lqr_problem
     svg = sample_gradients(lqr, gain, "svg", model=lqr, n_trajectories=1, horizon=40, n_estimates=4000, seed=0)

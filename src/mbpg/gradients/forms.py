@@ -45,7 +45,8 @@ def value_gradient(model, policy, gain, trajectories: Trajectory, bootstrap: boo
 
     At the current gain the re-simulated path equals the real one exactly; the gradient then says how the real
     return would change through the model's dynamics. With `bootstrap`, the tail beyond the horizon is the
-    model's value V_hat(s_H), so the only truncation is the model's own.
+    model's value V_hat(s_H), so the only truncation is the model's own; where the gain is unstable on the model
+    that value is -inf and the gradient NaN (the value matrix of an unstable evaluation is finite nonsense).
     """
     policy_noise = jax.vmap(jax.vmap(lambda s, a: policy.infer_noise(gain, s, a)))(
         trajectories.states, trajectories.actions
@@ -74,4 +75,5 @@ def value_gradient(model, policy, gain, trajectories: Trajectory, bootstrap: boo
         )
         return returns.mean()
 
-    return jax.grad(mean_return)(gain)
+    gradient = jax.grad(mean_return)(gain)
+    return jnp.where(evaluate_lqr(model, gain).stable, gradient, jnp.nan) if bootstrap else gradient

@@ -114,7 +114,8 @@ class TRPO(OnPolicyAgent):
             # One scale for every candidate (no mean shift: the selector compared these very advantages).
             scale = advantages.std() + 1e-8
             model, samples, model_metrics = self.model_gradients.step(
-                state.model, old_params, state.value, rollout, advantages, scale, side_key(key_value, "model gradients"))
+                state.model, old_params, state.value, rollout, advantages, scale,
+                side_key(key_value, "model gradients"))
             obs, returns = flatten_time((rollout.obs, returns))
             log_prob_k = jax.vmap(log_prob, in_axes=(None, 1, 1), out_axes=1)
 

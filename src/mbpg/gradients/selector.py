@@ -197,8 +197,9 @@ def describe(selection: Selection, names: Sequence[str]) -> str:
 CROSS_FIT_MIN_UNITS = 4
 """The fewest units (trajectories or environments) cross-fitting can use: two halves of two. A training step's
 `auto` cross-fits from here on and uses in-sample weights below (docs/selector.md, "One estimate or a training
-run"): in-sample weights follow MFG's noise, which lowers one estimate's MSE (the atlas before FMG got its side key: mean 98.5 vs 134 when
-cross-fitted) but tilts every step of a run the same way (the gridworld learns more slowly, 20 seeds)."""
+run"): in-sample weights follow MFG's noise, which lowers one estimate's MSE (the atlas before FMG got its side
+key: mean 98.5 vs 134 when cross-fitted) but tilts every step of a run the same way (the gridworld learns more
+slowly, 20 seeds)."""
 
 
 FORCED_CROSS_FIT = {"auto-cf": True, "auto-is": False}

@@ -42,8 +42,8 @@ class AutoEstimator:
     (independent), and the draw is the selector's mix. Hashable, so it is a static argument of a jitted sampler.
 
     Each candidate's own estimate inside a draw equals `draw_gradient` of that estimator: real-data candidates
-    with the draw's key, model-data candidates with `side_key(key, "model trajectories")` (their trajectories must not share the
-    real ones' random numbers, or they would not be independent).
+    with the draw's key, model-data candidates with `side_key(key, "model trajectories")` (their trajectories
+    must not share the real ones' random numbers, or they would not be independent).
     """
 
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES

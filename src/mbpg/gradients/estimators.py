@@ -118,8 +118,8 @@ def check_baseline(estimator: Estimator, baseline: str) -> None:
 
     The baseline of trajectory i is built from the other trajectories' signals; it adds no bias only if those
     are independent of trajectory i. A Q_hat fitted from the whole batch breaks that: measured on a 2-state MDP,
-    a constant baseline moved gamps's mean gradient by 20% (z = 56), and mvg-td's by up to 7.8 standard errors
-    on a garnet."""
+    a constant baseline moved gamps's mean gradient by 20% (z = 56), and on a garnet mvg-td's (with its earlier
+    critic, which branched one a ~ pi per state) by up to 7.8 standard errors."""
     if baseline != "none" and fits_q_from_the_batch(estimator):
         raise ValueError(f"baseline={baseline!r} would bias {estimator.name!r}: its Q_hat is fitted from all N "
                          "trajectories, so the other trajectories' signals depend on trajectory i. Use baseline "

@@ -158,9 +158,10 @@ def simplex_qp(quadratic: jax.Array, linear: jax.Array, allowed: jax.Array | Non
     return weights[jnp.argmin(values)]
 
 
-def _solve_small(a: jax.Array, b: jax.Array, scale: jax.Array | None = None):
+def _solve_small(a: jax.Array, b: jax.Array, scale: jax.Array):
     """(x with a x = b, whether a is numerically singular) for a small square a, by Gauss-Jordan elimination with
-    partial pivoting unrolled in plain jnp ops. A pivot is singular below 10 n eps times `scale` (default max|a|).
+    partial pivoting unrolled in plain jnp ops. A pivot is singular below 10 n eps times `scale`, which may be
+    legitimately tiny (a face of small candidates beside a huge one).
 
     Why not jnp.linalg: batched LAPACK kernels (jaxlib 0.10.2 on CPU) split the batch over XLA's intra-op thread
     pool and block in it; two such kernels running at once (the two halves of a cross-fitted selection, under
@@ -168,10 +169,7 @@ def _solve_small(a: jax.Array, b: jax.Array, scale: jax.Array | None = None):
     n = a.shape[0]
     rows = jnp.arange(n)
     augmented = jnp.concatenate([a, b[:, None]], 1)
-    if scale is None:
-        tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.abs(a).max(), 1e-30)
-    else:  # a caller's scale may be legitimately tiny (a face of small candidates beside a huge one)
-        tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(scale, jnp.finfo(a.dtype).tiny)
+    tolerance = 10 * n * jnp.finfo(a.dtype).eps * jnp.maximum(scale, jnp.finfo(a.dtype).tiny)
     singular = jnp.zeros((), bool)
     for col in range(n):
         pivot = jnp.argmax(jnp.where(rows >= col, jnp.abs(augmented[:, col]), -1.0))

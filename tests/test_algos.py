@@ -58,6 +58,9 @@ def test_plot_draws_learning_curves_across_seeds(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["train", "ppx"], "unknown algorithm 'ppx'; choose one of reinforce, ppo, trpo, sac, "),
     (["train", "ppx"], "Did you mean ppo"),
+    (["train", "pilcp"], "Did you mean pilco"),  # pilco has its own driver, but is a `mbpg train` choice
+    (["train", "gamps"], "gamps is not trained by this command: GAMPS runs its own loop"),
+    (["train", "uim"], "mbpg lab train --env lqr --gradient uim"),
     (["train", "ppo", "--env", "CartPol-v1"], "CartPole-v1"),
     (["train", "sac", "--env", "CartPole-v1"], "SAC here is for continuous actions"),
     (["train", "ppo", "--steps", "10"], "below one training chunk"),
@@ -71,6 +74,25 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_where_the_other_algorithms_live_exists():
+    """The hint for gamps/uim names Python functions and benchmark scripts: each must exist, so it cannot go stale."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from mbpg.algos import ELSEWHERE
+
+    root = Path(__file__).resolve().parents[1]
+    for hint in ELSEWHERE.values():
+        functions = re.findall(r"(mbpg(?:\.\w+)+)\.(\w+)", hint)
+        scripts = re.findall(r"(\w+\.py)", hint)
+        assert functions and scripts, hint
+        for module, name in functions:
+            assert callable(getattr(importlib.import_module(module), name)), (module, name)
+        for script in scripts:
+            assert (root / "benchmarks" / script).is_file(), script
 
 
 def test_same_seed_same_metrics_for_a_real_agent(tmp_path):

@@ -52,7 +52,7 @@ def _train(rest: list[str]) -> None:
 
         run_pilco(parse_pilco(rest[1:]))
         return
-    get_algorithm(rest[0])
+    get_algorithm(rest[0], also=("pilco",))
     run_training(rest[0], parse_train(rest[0], rest[1:]))
 
 

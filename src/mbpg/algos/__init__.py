@@ -39,12 +39,29 @@ def _registry():
     return registry
 
 
-def get_algorithm(name: str):
+# Algorithms of this package that are not agents with train_chunk (their loops are not chunks of env steps), and
+# where a user who types their name into `mbpg train`, `compare` or `sweep` finds them instead.
+ELSEWHERE = {
+    "gamps": "GAMPS runs its own loop over batches of real episodes: mbpg.algos.gamps.train_tabular (tabular "
+             "models), mbpg.algos.gamps_continuous.make_train (Minigolf-v0), benchmarks/bench_gamps.py and "
+             "bench_gamps_minigolf.py; `mbpg lab gridworld-two-area` measures its gradient (gamps, gamps-ml)",
+    "uim": "UIM runs one real episode per iteration with a line search on the real system: mbpg.algos.uim.train "
+           "and benchmarks/bench_uim.py; `mbpg lab train --env lqr --gradient uim` ascends with its gradient",
+}
+ELSEWHERE["gamps-ml"] = ELSEWHERE["gamps"]
+
+
+def get_algorithm(name: str, also: tuple[str, ...] = ()):
+    """(Config, Agent, gradient type) of a registered algorithm. `also`: names the caller handles itself (for
+    `mbpg train`: pilco), listed among the choices when `name` is unknown."""
     registry = _registry()
+    if name in ELSEWHERE:
+        raise ValueError(f"{name} is not trained by this command: {ELSEWHERE[name]}.")
     if name not in registry:
-        close = difflib.get_close_matches(name, registry, n=3)
+        choices = [*registry, *also]
+        close = difflib.get_close_matches(name, choices, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(registry)}.{hint}")
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(choices)}.{hint}")
     return registry[name]
 
 

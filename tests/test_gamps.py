@@ -31,6 +31,7 @@ from mbpg.models.gradient_aware import (
     gamps_weights,
     prefix_log_ratios,
     score_norms,
+    weighted_least_squares,
     trajectory_counts,
     weighted_counts,
 )
@@ -57,6 +58,24 @@ def test_weights_on_a_hand_computed_trajectory():
     # a mask stops the weights (and the score sum) after the episode ended
     np.testing.assert_allclose(gamps_weights(norms, 1.0, ratio="none", mask=jnp.array([[1.0, 1.0, 0.0]])),
                                [[1.0, 3.0, 0.0]], rtol=1e-6)
+
+
+def test_ended_steps_and_overflowing_ratios_leave_the_weights_finite():
+    """A padded step's ratio (here e^100, inf in float32) once made that step NaN (inf * 0), and, self-normalised,
+    every running trajectory's weight at that step; a live log-ratio above 88 made self-normalised weights NaN."""
+    norms = jnp.ones((2, 3))
+    mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    log_ratios = jnp.array([[0.0, 0.5, 100.0], [0.0, -0.5, 0.2]])
+    for ratio in ("none", "clip", "self-normalised"):
+        weights = np.asarray(gamps_weights(norms, 1.0, log_ratios, ratio=ratio, mask=mask))
+        assert np.isfinite(weights).all(), ratio
+        assert weights[0, 2] == 0.0, ratio
+    # self-normalised at step 2, where only trajectory 1 runs: its ratio over the mean of the running ones is 1
+    weights = gamps_weights(norms, 1.0, log_ratios, ratio="self-normalised", mask=mask)
+    np.testing.assert_allclose(weights[1, 2], 3.0, rtol=1e-6)
+    # two live ratios e^89 and e^88: self-normalised they are 2e/(e+1) and 2/(e+1), whatever their size
+    big = gamps_weights(jnp.ones((2, 1)), 1.0, jnp.array([[89.0], [88.0]]), ratio="self-normalised")
+    np.testing.assert_allclose(big[:, 0], [2 * np.e / (np.e + 1), 2 / (np.e + 1)], rtol=1e-5)
 
 
 def test_score_norms_and_prefix_ratios_match_the_softmax_formulas():
@@ -178,6 +197,24 @@ def test_linear_gaussian_fit_unit_weights_is_least_squares_and_recovers_a_linear
     np.testing.assert_allclose(weighted.A, half.A, atol=1e-6)
     with pytest.raises(ValueError, match="all weights are zero"):
         fit_linear_gaussian(states, actions, next_states, np.zeros(500))
+    # weighted ML does not see the weights' overall scale: the ridge (relative to the mean weight) does not either
+    for scale in (1e-11, 1e6):
+        scaled = fit_linear_gaussian(states, actions, next_states, scale * weights)
+        np.testing.assert_allclose(scaled.A, weighted.A, atol=1e-9)
+        np.testing.assert_allclose(scaled.noise_cov, weighted.noise_cov, rtol=1e-6)
+    # a 1-D array is N scalar states or one N-dimensional transition: refused, with the fix
+    with pytest.raises(ValueError, match=r"pass x\[:, None\]"):
+        fit_linear_gaussian(states[:, 0], actions[:, 0], next_states[:, 0])
+
+
+def test_zero_weight_rows_drop_out_of_the_weighted_fit_even_when_not_finite():
+    inputs = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [jnp.inf, 1.0]])
+    targets = jnp.array([[1.0], [2.0], [3.0], [jnp.nan]])
+    weights = jnp.array([1.0, 1.0, 1.0, 0.0])
+    solution, cov = weighted_least_squares(inputs, targets, weights)
+    clean_solution, clean_cov = weighted_least_squares(inputs[:3], targets[:3], weights[:3])
+    np.testing.assert_allclose(solution, clean_solution, rtol=1e-5)
+    np.testing.assert_allclose(cov, clean_cov, rtol=1e-5)
 
 
 # ----- the claim, the loop, the lab -------------------------------------------------------------------------------

@@ -80,19 +80,29 @@ def gamps_weights(
     mask = jnp.ones_like(norms) if mask is None else jnp.asarray(mask, norms.dtype)
     if mask.shape != norms.shape:
         raise ValueError(f"mask must have the shape of the score norms {norms.shape}; got {mask.shape}.")
+    alive = mask > 0
     rho = jnp.ones_like(norms)
     if log_ratios is not None:
         log_ratios = jnp.asarray(log_ratios, norms.dtype)
         if log_ratios.shape != norms.shape:
             raise ValueError(f"log_ratios must have shape {norms.shape}; got {log_ratios.shape}.")
-        rho = jnp.exp(log_ratios)
-        if ratio == "clip":
-            rho = jnp.minimum(rho, clip)
-        elif ratio == "self-normalised":
-            alive = jnp.maximum(mask.sum(0, keepdims=True), 1.0)
-            rho = rho / jnp.maximum((rho * mask).sum(0, keepdims=True) / alive, 1e-30)
+        # Ended steps leave before exp: a padded step's ratio could overflow (inf * 0 = nan) and, self-normalised,
+        # would reach the sum every running trajectory is divided by.
+        log_ratios = jnp.where(alive, log_ratios, -jnp.inf)
+        if ratio == "self-normalised":
+            # rho_i / mean_alive(rho) computed after subtracting the step's largest log-ratio, so one ratio that
+            # alone overflows float32 (log-ratio > 88) still gives finite weights.
+            top = jnp.max(log_ratios, axis=0, keepdims=True)
+            rho = jnp.exp(log_ratios - jnp.where(jnp.isfinite(top), top, 0.0))
+            n_alive = jnp.maximum(mask.sum(0, keepdims=True), 1.0)
+            rho = rho / jnp.maximum((rho * mask).sum(0, keepdims=True) / n_alive, jnp.finfo(rho.dtype).tiny)
+        else:
+            rho = jnp.exp(log_ratios)
+            if ratio == "clip":
+                rho = jnp.minimum(rho, clip)
     discount = gamma ** jnp.arange(norms.shape[1], dtype=norms.dtype)
-    return discount * rho * jnp.cumsum(norms * mask, axis=-1) * mask
+    weights = discount * rho * jnp.cumsum(jnp.where(alive, norms * mask, 0.0), axis=-1) * mask
+    return jnp.where(alive, weights, 0.0)
 
 
 # ----- tabular: the shared displacement model --------------------------------------------------------------------
@@ -293,8 +303,13 @@ class LinearGaussianModel(NamedTuple):
 def fit_linear_gaussian(states, actions, next_states, weights=None, ridge: float = 1e-8) -> LinearGaussianModel:
     """Weighted least squares (the weighted Gaussian maximum likelihood): minimise sum_i w_i ||s'_i - A s_i -
     B a_i - c||^2; the noise covariance is the weighted mean outer product of the residuals. `ridge` keeps the
-    normal equations solvable when few transitions carry weight."""
-    states, actions, next_states = (np.atleast_2d(np.asarray(x, np.float64)) for x in (states, actions, next_states))
+    normal equations solvable when few transitions carry weight; it is relative to the mean weight, so the fit,
+    like the likelihood it maximises, does not change when every weight is scaled by the same factor."""
+    states, actions, next_states = (np.asarray(x, np.float64) for x in (states, actions, next_states))
+    for name, x in (("states", states), ("actions", actions), ("next_states", next_states)):
+        if x.ndim < 2:  # a 1-D array is ambiguous: N scalar states, or one transition of an N-dimensional state
+            raise ValueError(f"{name} must have one row per transition, shape [N, dim]; got shape {x.shape}. For a "
+                             f"one-dimensional {name.rstrip('s').replace('_', ' ')}, pass x[:, None].")
     states, actions, next_states = (x.reshape(-1, x.shape[-1]) for x in (states, actions, next_states))
     n = states.shape[0]
     if actions.shape[0] != n or next_states.shape != states.shape:
@@ -316,9 +331,13 @@ def fit_linear_gaussian(states, actions, next_states, weights=None, ridge: float
 def weighted_least_squares(inputs, targets, weights, ridge: float = 1e-8) -> tuple[jax.Array, jax.Array]:
     """Jittable core of the weighted Gaussian ML fit: W = argmin sum_i w_i ||y_i - W^T x_i||^2 (ridge-regularised
     normal equations) and the weighted residual covariance. Shapes: inputs [n, p], targets [n, d], weights [n];
-    returns W [p, d] and the covariance [d, d]. Zero-weight rows (padding, ended episodes) drop out exactly."""
+    returns W [p, d] and the covariance [d, d]. Zero-weight rows (padding, ended episodes) drop out exactly, even
+    where they hold inf or NaN. `ridge` is relative to the mean weight (scale-invariant, as the likelihood is)."""
+    use = weights > 0
+    inputs, targets = jnp.where(use[:, None], inputs, 0.0), jnp.where(use[:, None], targets, 0.0)
+    weights = jnp.where(use, weights, 0.0)
     weighted = weights[:, None] * inputs
-    gram = inputs.T @ weighted + ridge * jnp.eye(inputs.shape[1], dtype=inputs.dtype)
+    gram = inputs.T @ weighted + ridge * jnp.mean(weights) * jnp.eye(inputs.shape[1], dtype=inputs.dtype)
     solution = jnp.linalg.solve(gram, weighted.T @ targets)
     residuals = targets - inputs @ solution
     cov = (weights[:, None] * residuals).T @ residuals / jnp.maximum(weights.sum(), 1e-30)

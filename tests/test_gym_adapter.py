@@ -303,3 +303,30 @@ def test_a_resumed_host_env_run_does_not_replay_chunk_0(tmp_path):
     assert int(np.asarray(resumed["state"].replay.size)[0]) == 2 * chunk
     for name in ("obs", "action"):
         assert not np.isclose(data[name][chunk:2 * chunk], data[name][:chunk]).all(axis=-1).any(), name
+
+
+def test_host_sac_chunk_metrics_average_only_the_steps_that_updated():
+    """As the compiled chunk does (test_algos): a host chunk in which SAC starts learning reports its losses over
+    the steps that updated; it once averaged in the zeros of the steps before learning_starts."""
+    from mbpg.algos.sac import SAC, SACConfig
+    from mbpg.envs.gym_adapter import GymnasiumEnv
+    from mbpg.train.host import HostDriver
+
+    env = GymnasiumEnv("Pendulum-v1")
+    agent = SAC(SACConfig(chunk_steps=20, learning_starts=13, buffer_size=64, hidden=(8,), batch_size=8), env)
+    driver = HostDriver(agent, env, seed=0)
+    observe, recorded = driver._observe, []
+
+    def recording(*args):
+        state, info = observe(*args)
+        recorded.append(jax.tree.map(np.asarray, info))
+        return state, info
+
+    driver._observe = recording
+    _, metrics = driver.chunk(agent.init(jax.random.key(0)))
+    updated = np.array([info["updated"] for info in recorded]) > 0
+    assert 0 < updated.sum() < len(recorded) == 20
+    assert "updated" not in metrics and "critic_loss" in metrics
+    for name in metrics.keys() - {"train_episode_return"}:
+        steps = np.array([info[name] for info in recorded])
+        np.testing.assert_allclose(metrics[name], steps[updated].mean(), rtol=1e-5, atol=1e-7)

@@ -63,10 +63,14 @@ class OffPolicyAgent:
         state, infos = jax.lax.scan(self.env_step, dataclasses.replace(state, key=key),
                                     jax.random.split(key_steps, self.steps_per_chunk))
         done, returns, updated = infos.pop("episode_done"), infos.pop("episode_return"), infos.pop("updated")
-        # Update metrics over the steps that updated (NaN in a chunk with none): the zeros of the steps before
-        # learning_starts would otherwise shrink the first learning chunk's losses.
-        count = updated.sum()
-        metrics = {k: jnp.where(count > 0, jnp.sum(v * updated) / jnp.maximum(count, 1.0), jnp.nan)
-                   for k, v in infos.items()}
+        metrics = average_over_updates(infos, updated)
         metrics["train_episode_return"] = jnp.where(done.any(), returns.sum() / jnp.maximum(done.sum(), 1), jnp.nan)
         return state, metrics
+
+
+def average_over_updates(infos: dict, updated) -> dict:
+    """Each per-step metric [steps] averaged over the env steps that updated (`updated` 1), NaN in a chunk with
+    none: the zeros that steps before learning_starts report would otherwise shrink the first learning chunk's
+    losses. Shared by the compiled chunk and the host driver's."""
+    count = updated.sum()
+    return {k: jnp.where(count > 0, jnp.sum(v * updated) / jnp.maximum(count, 1.0), jnp.nan) for k, v in infos.items()}

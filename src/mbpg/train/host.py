@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpg.algos.off_policy import average_over_updates
 from mbpg.algos.on_policy import Rollout, finished_episode_return
 from mbpg.envs.gym_adapter import GymnasiumEnv
 from mbpg.keys import side_key
@@ -95,7 +96,9 @@ class HostDriver:
             infos.append(info)
             if terminated[0] or truncated[0]:
                 finished.append(episode_return[0])
-        metrics = {k: float(np.mean([np.asarray(i[k]) for i in infos])) for k in infos[0]}
+        infos = {k: np.stack([np.asarray(i[k]) for i in infos]) for k in infos[0]}
+        updated = infos.pop("updated")
+        metrics = {k: float(v) for k, v in average_over_updates(infos, updated).items()}
         metrics["train_episode_return"] = float(np.mean(finished)) if finished else np.nan
         return state, metrics
 

@@ -335,3 +335,22 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_policies_refuse_a_batch_where_one_action_belongs():
+    """A batch of actions once broadcast into a scalar log-density that was none of theirs (log_prob of 3 actions
+    gave -2.515, their sum being -8.96); an action of the wrong size broadcast to [a, a]."""
+    for policy in (TanhGaussianMLPPolicy(3, 2, hidden=(8,), action_low=-2.0, action_high=2.0),
+                   GaussianMLPPolicy(3, 2, hidden=(8,))):
+        params, obs = policy.init(jax.random.key(0)), jnp.zeros(3)
+        for bad in (jnp.zeros((3, 2)), jnp.zeros(1), jnp.zeros(())):
+            with pytest.raises(ValueError, match=r"ONE action of shape \(2,\)"):
+                policy.log_prob(params, obs, bad)
+            with pytest.raises(ValueError, match=r"ONE action of shape \(2,\)"):
+                policy.infer_noise(params, obs, bad)
+        assert policy.log_prob(params, obs, jnp.array([0.5, -0.5])).shape == ()
+    one = TanhGaussianMLPPolicy(3, 1, hidden=(8,), action_low=-2.0, action_high=2.0)
+    params = one.init(jax.random.key(0))
+    # a scalar is one one-dimensional action
+    obs = jnp.zeros(3)
+    np.testing.assert_allclose(one.log_prob(params, obs, 0.5), one.log_prob(params, obs, jnp.array([0.5])))

@@ -18,6 +18,11 @@ Choices, and why:
   w = pi_theta(a|s) / mu(a|s), truncated at `max_importance_weight` (bias for bounded variance). mu(a|s) is the
   density the acting policy gave the action when it was stored (uniform over the box before `learning_starts`).
   SVG(0)'s Q needs no weight for its regression (the next action is drawn from pi); its actor term does.
+  Limit: pi's density of a replayed action is read through the clipped atanh (the replay stores actions, not
+  pre-squash samples), so for an action whose pre-squash |u| exceeded ~6.94 (float32) both densities are those
+  of the clip point and w is off (a policy saturated at a mean of 8 std 0.5 gave E_mu[w] 0.07 instead of 1).
+  With the defaults on Pendulum-v1 at most 0.6% of stored actions per 1,000 steps were that saturated (a 30k-step
+  SVG(1) run, measured in a review, not kept in the repo); storing u would remove the limit.
 * Entropy: the tanh-Gaussian policy (SAC's) learns its own std, and a pure value gradient shrinks it until the
   agent stops exploring and the importance weights of old data degenerate. So all three maximise the
   entropy-regularised return, r - alpha log pi, with SAC's automatic temperature (target entropy -|A|); SVG(1)'s V

@@ -67,6 +67,18 @@ def check_observation(obs, obs_dim: int, who: str) -> jax.Array:
     return obs
 
 
+def check_action(action, action_dim: int, who: str) -> jax.Array:
+    """The action-side twin of `check_observation`: a batch of actions (or one of the wrong size) broadcast
+    silently into a log-density that is none of theirs. A scalar is taken for a one-dimensional action."""
+    action = jnp.asarray(action)
+    if action.shape != (action_dim,) and not (action.shape == () and action_dim == 1):
+        raise ValueError(
+            f"{who} scores ONE action of shape ({action_dim},), got shape {action.shape}; "
+            "vmap over a batch, e.g. jax.vmap(lambda o, a: policy.log_prob(params, o, a))(observations, actions)."
+        )
+    return action.reshape(action_dim)
+
+
 def _orthogonal_linear(in_size: int, out_size: int, scale: float, key: jax.Array) -> eqx.nn.Linear:
     layer = eqx.nn.Linear(in_size, out_size, key=key)
     weight = jax.nn.initializers.orthogonal(scale)(key, layer.weight.shape, layer.weight.dtype)
@@ -229,6 +241,7 @@ class GaussianMLPPolicy(eqx.Module):
 
     def infer_noise(self, params: GaussianParams, obs: jax.Array, action: jax.Array) -> jax.Array:
         """The noise that makes `reparameterised` reproduce `action` (SVG explains real actions this way)."""
+        action = check_action(action, self.action_dim, "GaussianMLPPolicy")
         return (action - self.mean(params, obs)) * jnp.exp(-params.log_std)
 
     def sample(self, params: GaussianParams, obs: jax.Array, key: jax.Array) -> jax.Array:
@@ -371,10 +384,13 @@ class TanhGaussianMLPPolicy(eqx.Module):
 
     def _pre_squash(self, action: jax.Array, dtype) -> jax.Array:
         # Clip strictly inside (-1, 1) so that actions on the boundary (tanh rounded to +-1, or an action clipped
-        # by the environment) give a large finite u instead of an infinite one.
+        # by the environment) give a large finite u instead of an infinite one. The cost: every |u| beyond the
+        # clip (6.94 in float32) is read back as that value, so densities of saturated actions are those of the
+        # clip point, not of the sample (SVG's importance weights share that limit; see its module docstring).
+        action = check_action(action, self.action_dim, "TanhGaussianMLPPolicy")
         centre, half = self._centre_half(dtype)
         bound = 1.0 - jnp.finfo(dtype).eps * 16
-        y = jnp.clip((jnp.asarray(action, dtype) - centre) / half, -bound, bound)
+        y = jnp.clip((action.astype(dtype) - centre) / half, -bound, bound)
         return jnp.arctanh(y)
 
     def infer_noise(self, params: MLP, obs: jax.Array, action: jax.Array) -> jax.Array:
@@ -382,7 +398,8 @@ class TanhGaussianMLPPolicy(eqx.Module):
         return (self._pre_squash(action, mean.dtype) - mean) * jnp.exp(-log_std)
 
     def log_prob(self, params: MLP, obs: jax.Array, action: jax.Array) -> jax.Array:
-        """log pi(a|s) for an action inside [low, high], by inverting the squash (atanh, clipped at the boundary).
+        """log pi(a|s) for an action inside [low, high], by inverting the squash (atanh, clipped at the boundary:
+        an action outside the box, of density 0, is scored as the boundary point).
 
         Prefer `sample_with_log_prob` for the policy's own samples: inverting tanh loses precision as |a| nears
         the bounds.

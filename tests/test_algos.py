@@ -141,6 +141,10 @@ def test_compare_trains_groups_by_gradient_type_and_reuses_finished_runs(tmp_pat
     before = (out / "ppo" / "metrics.csv").read_text()
     assert main(args) == 0 and "already reached" in capsys.readouterr().out  # finished runs are reused, not redone
     assert (out / "ppo" / "metrics.csv").read_text() == before
+    # ... but only when they were made with these options: another seed once reused them silently
+    assert main(["compare", "--seed", "5", *args[1:]]) == 2
+    assert "seed=0, but this run has seed=5" in capsys.readouterr().err
+    assert (out / "ppo" / "metrics.csv").read_text() == before
     assert main(["compare", "--algos", "ppo,sacc", "--out", str(out)]) == 2
     assert "did you mean sac" in capsys.readouterr().err.lower()
     assert main(["compare", "--algos", "ppo", "--algo-options", "sac=--batch-size 4", "--out", str(out)]) == 2
@@ -170,3 +174,20 @@ def test_off_policy_chunk_metrics_average_only_the_steps_that_updated():
                                        buffer_size=64), env)
     _, metrics = jax.jit(late.train_chunk)(late.init(jax.random.key(0)))
     assert all(np.isnan(metrics[name]) for name in losses)
+
+
+def test_a_diverged_seed_stays_nan_in_the_curves_instead_of_an_earlier_return(tmp_path):
+    """load_curves dropped 'nan' cells and kept the steps every seed shares, so one diverged seed made `compare`
+    report every seed's earlier evaluation under the final budget."""
+    from mbpg.train.compare import return_at_budget
+    from mbpg.train.plot import load_curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"algo": "sac", "env": "Pendulum-v1"}')
+    (run / "metrics.csv").write_text("step,seed,loss,eval_return\n100,0,1.0,-5.0\n100,1,1.0,-6.0\n150,0,1.0,\n"
+                                     "150,1,1.0,\n200,0,1.0,-4.0\n200,1,nan,nan\n")
+    (label, (steps, values)), = load_curves([run], "eval_return").items()
+    assert steps.tolist() == [100, 200]  # the empty cells (no evaluation at 150) are not values
+    at = return_at_budget(steps, values, 200)
+    assert at[0] == -4.0 and np.isnan(at[1])

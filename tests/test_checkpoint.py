@@ -64,3 +64,20 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_metadata(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_the_leftover_of_a_killed_write_is_removed_and_the_messages_name_the_fix(tmp_path):
+    """A kill mid-write left `.ckpt.*.tmp` behind for good (tens of MB a kill); the corrupt-file message said to
+    restart 'from the previous one', which does not exist."""
+    path = save_checkpoint(tmp_path / "ckpt", make_state())
+    (tmp_path / ".ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
+    save_checkpoint(path, make_state(seed=3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert path.stat().st_mode & 0o044  # readable like any output file, not mkstemp's 0600
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match=r"no earlier one.*without --resume \(the run starts over\)"):
+        load_checkpoint(path, make_state())
+    path.write_bytes(raw[:10])  # cut inside its header
+    with pytest.raises(CheckpointError, match="truncated inside its header"):
+        load_checkpoint(path, make_state())

@@ -138,3 +138,100 @@ def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_final_state(tmp
     subprocess.run(command(cut, "--resume"), check=True, capture_output=True)
     assert payload_hash(cut) == payload_hash(full)
     assert read(cut / "metrics.csv") == read(full / "metrics.csv")
+
+
+def tensorboard_visible(run_dir):
+    """{(tag, step)} as TensorBoard shows a run directory: event files in name order, and a SessionLog START at
+    step s (tensorboardX's purge_step) hides every event read before it with step >= s."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    seen: list[tuple[str, int]] = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                seen = [(tag, step) for tag, step in seen if step < event.step]
+            seen += [(value.tag, event.step) for value in event.summary.value]
+    return set(seen)
+
+
+def test_tensorboard_events_survive_a_kill_and_a_resume(tmp_path):
+    """Events up to the last checkpoint are on disk when it is written (tensorboardX's flush left them queued, and
+    a kill lost them), and --resume hides only the steps it redoes (it hid the checkpoint's own step too)."""
+    def settings(total):
+        return LoopSettings(total_steps=total, seed=3, n_seeds=1, eval_every=30, eval_episodes=2,
+                            checkpoint_every=20, tensorboard=True)
+
+    train(RandomWalkAgent(), double_integrator(), "lqr", settings(100), tmp_path / "full")
+    killed = {}
+
+    def progress(info):
+        if info["steps"] == 70:
+            # The process dies here: what is on disk now is all a resume finds (the checkpoint is at 60).
+            killed["on_disk"] = tensorboard_visible(tmp_path / "cut")
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(RandomWalkAgent(), double_integrator(), "lqr", settings(100), tmp_path / "cut", progress=progress)
+    assert {step for _, step in killed["on_disk"]} >= {10, 20, 30, 40, 50, 60}
+    train(RandomWalkAgent(), double_integrator(), "lqr", settings(100), tmp_path / "cut", resume=True)
+    full = tensorboard_visible(tmp_path / "full")
+    assert {step for _, step in full} == set(range(10, 101, 10))
+    assert tensorboard_visible(tmp_path / "cut") == full
+
+
+def test_metrics_csv_is_rewritten_only_for_new_columns_and_atomically(tmp_path, monkeypatch):
+    """metrics.csv was rewritten in place for every evaluation row (its new-column test looked at the first row
+    only, which has no evaluation columns), so a kill during a rewrite lost rows a checkpoint already covered."""
+    from mbpg.train.logger import RunLogger
+
+    rewrites = []
+    original = RunLogger._rewrite
+    monkeypatch.setattr(RunLogger, "_rewrite", lambda self: (rewrites.append(1), original(self)))
+    logger = RunLogger(tmp_path, {}, tensorboard=False)
+    for step in range(1, 11):
+        logger.log(step, {"loss": step, **({"eval_return": -step} if step % 2 == 0 else {})})
+    assert len(rewrites) == 2  # the first row, and the first with an evaluation column
+    rows = read(tmp_path / "metrics.csv")
+    assert [r["eval_return"] for r in rows] == ["", "-2.0", "", "-4.0", "", "-6.0", "", "-8.0", "", "-10.0"]
+
+    def dies_half_way(self, rows):
+        self.writerow(rows[0])
+        raise Killed
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", dies_half_way)
+    with pytest.raises(Killed):
+        logger.log(11, {"loss": 11, "new_column": 1})
+    assert read(tmp_path / "metrics.csv") == rows
+
+
+def test_a_fresh_run_clears_the_events_of_a_run_that_died_before_its_first_checkpoint(tmp_path):
+    stale = tmp_path / "run" / "tensorboard" / "events.out.tfevents.0.stale"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    settings = LoopSettings(total_steps=20, seed=3, n_seeds=1, eval_every=30, eval_episodes=1, checkpoint_every=20,
+                            tensorboard=True)
+    train(RandomWalkAgent(), double_integrator(), "lqr", settings, tmp_path / "run")
+    assert not stale.exists()  # its curves would have mixed into this run's
+    assert {step for _, step in tensorboard_visible(tmp_path / "run")} == {10, 20}
+
+
+def test_a_resume_records_its_new_settings_in_config_json(tmp_path):
+    """config.json kept the first --steps and evaluation options of a run extended by --resume."""
+    import json
+
+    def settings(total, episodes):
+        return LoopSettings(total_steps=total, seed=3, n_seeds=1, eval_every=30, eval_episodes=episodes,
+                            checkpoint_every=20, tensorboard=False)
+
+    train(RandomWalkAgent(), double_integrator(), "lqr", settings(40, 1), tmp_path / "run")
+    train(RandomWalkAgent(), double_integrator(), "lqr", settings(80, 3), tmp_path / "run", resume=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["total_steps"], config["eval_episodes"], config["resumed_at_steps"]) == (80, 3, [40])
+    assert config["algo"] == "random-walk"

@@ -43,8 +43,12 @@ def save_checkpoint(path: Path | str, state, metadata: dict | None = None) -> Pa
     payload = buffer.getvalue()
     header = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload),
               "metadata": metadata or {}}
+    # A kill mid-write leaves a temporary file behind; the next save removes it (only one writer per run).
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is a normal output file
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(json.dumps(header, sort_keys=True).encode() + b"\n")
             handle.write(payload)
@@ -56,6 +60,12 @@ def save_checkpoint(path: Path | str, state, metadata: dict | None = None) -> Pa
             os.unlink(temporary)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: Path | str) -> dict:
@@ -100,10 +110,12 @@ def _read(path: Path) -> tuple[dict, bytes]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an mbpg checkpoint (bad or missing header); delete it or point "
-                              "--resume at a run directory made by mbpg.")
+        raise CheckpointError(f"{path} is not an mbpg checkpoint, or one truncated inside its header (bad or "
+                              "missing header): point --resume at a run directory made by mbpg, or delete the file and "
+                              "train again without --resume (the run starts over).")
     payload = raw[newline + 1:]
     if len(payload) != header["bytes"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch: {len(payload)} of "
-                              f"{header['bytes']} bytes, or altered); delete it to restart from the previous one.")
+                              f"{header['bytes']} bytes, or altered). mbpg keeps one checkpoint per run, so there is no earlier one to "
+                              "fall back to: delete it and train again without --resume (the run starts over).")
     return header, payload

@@ -96,9 +96,10 @@ def run_compare(args: CompareArgs, console: Console | None = None) -> Path:
     for algo in algos:
         run = args.out / algo
         runs[algo] = run
+        # A finished or interrupted run is resumed, not merely reused: resuming checks that it was made with these
+        # options (env, seeds, algorithm options), refuses it otherwise, and trains nothing once it is finished.
         if run_reached(run, args.steps):
-            console.print(f"{algo}: {run} already reached {args.steps:,} steps, reusing it")
-            continue
+            console.print(f"{algo}: {run} already reached {args.steps:,} steps; reusing it if its options match")
         resume = (run / CHECKPOINT_NAME).exists()
         argv = ["--env", args.env, "--steps", str(args.steps), "--seeds", str(args.seeds), "--seed", str(args.seed),
                 "--out", str(run), "--eval-every", str(eval_every), "--eval-episodes", str(args.eval_episodes),
@@ -124,6 +125,9 @@ def run_compare(args: CompareArgs, console: Console | None = None) -> Path:
         (steps, values), = load_curves([runs[algo]], "eval_return").values()
         for budget in budgets:
             at = return_at_budget(steps, values, budget)
+            if at is not None and not np.isfinite(at).all():
+                console.print(f"[bold red]{algo}: {int((~np.isfinite(at)).sum())} seed(s) have a non-finite evaluation "
+                              f"return at {budget:,} steps (diverged); its IQM is nan[/]")
             rows.append({"algo": algo, "gradient_type": types[algo], "budget": budget,
                          "iqm_return": "" if at is None else float(interquartile_mean(at)),
                          "per_seed": "" if at is None else " ".join(f"{v:.1f}" for v in at)})

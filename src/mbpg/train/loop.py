@@ -173,6 +173,7 @@ def train(agent, env, env_id: str, settings: LoopSettings, run_dir: Path, resume
                 logger.log(steps, {"seed": settings.seed + seed_index,
                                    **{k: v[seed_index] for k, v in metrics.items()}})
             if (chunk + 1) % checkpoint_chunks == 0 or chunk == n_chunks - 1:
+                logger.flush()
                 save_checkpoint(checkpoint, state, {**identity, "chunk": chunk, "steps": steps})
             if progress:
                 elapsed = time.perf_counter() - started

@@ -124,6 +124,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
             state, episode = pilco_start(config, jax.random.key(args.seed))
             done, finished = 1, False
             logger.log(config.horizon, episode_metrics(episode, config.horizon))
+            logger.flush()
             save_checkpoint(checkpoint, state, {**identity, "episodes": 1, "success": episode.success})
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -134,6 +135,7 @@ def run_pilco(args: PilcoTrainArgs, console: Console | None = None) -> Path:
                     done += 1
                     metrics = episode_metrics(episode, config.horizon)
                     logger.log(done * config.horizon, metrics)
+                    logger.flush()
                     save_checkpoint(checkpoint, state, {**identity, "episodes": done, "success": episode.success})
                     plot_cost(episode, out / "pilco_cost.png", f"PILCO, seed {args.seed}, episode {done}")
                     finished = episode.success and config.stop_on_success

@@ -78,7 +78,9 @@ def load_curves(runs, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if rows and metric not in rows[0]:
             raise ValueError(f"{metrics} has no column {metric!r}; it has {', '.join(rows[0])}.")
         for row in rows:
-            if row.get(metric) not in (None, "", "nan"):
+            # An empty cell is a row without this metric (no evaluation at that step); "nan" is a value (a run
+            # that diverged), kept so that a curve shows it instead of an earlier step's value.
+            if row.get(metric) not in (None, ""):
                 seed_key = (str(run), row.get("seed", "0"))
                 per_label[label].setdefault(seed_key, {})[int(float(row["step"]))] = float(row[metric])
     curves = {}

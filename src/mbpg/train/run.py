@@ -24,7 +24,8 @@ class TrainArgs:
     steps: int = 100_000
     """Environment steps per seed."""
     seed: int = 0
-    """First seed; seeds run as seed, seed+1, ..."""
+    """Seed of the run: its --seeds keys are jax.random.split(key(seed), seeds), labelled seed, seed+1, ... in
+    metrics.csv (labels only: the second seed of --seed 0 --seeds 2 is not the run --seed 1)."""
     seeds: int = 1
     """Seeds trained at once as one vmapped program."""
     out: Path | None = None
@@ -61,9 +62,10 @@ def run_training(algo: str, parsed, console: Console | None = None) -> Path:
             raise ValueError(f"--{option.replace('_', '-')} must be a positive integer; got {getattr(parsed, option)}.")
     env = make(parsed.env)
     out = parsed.out or Path("runs") / f"{algo}-{parsed.env}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    resumed_steps = 0
     if parsed.resume:
         try:
-            read_metadata(out / CHECKPOINT_NAME)
+            resumed_steps = read_metadata(out / CHECKPOINT_NAME)["steps"]
         except CheckpointError as error:
             raise ValueError(f"--resume: {error}") from None
     elif (out / CHECKPOINT_NAME).exists():
@@ -73,9 +75,13 @@ def run_training(algo: str, parsed, console: Console | None = None) -> Path:
                             parsed.checkpoint_every, parsed.tensorboard)
     console.print(f"[bold]mbpg train[/] {algo} on {parsed.env}: {parsed.steps:,} steps x {parsed.seeds} seed(s) "
                   f"-> {out}")
+    chunk = agent.steps_per_chunk
+    planned = -(-parsed.steps // chunk) * chunk
+    if planned != parsed.steps:
+        console.print(f"{algo} trains in chunks of {chunk:,} env steps: --steps {parsed.steps:,} runs {planned:,}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[rate]}"), console=console) as progress:
-        task = progress.add_task("compiling", total=parsed.steps, rate="")
+        task = progress.add_task("compiling", total=planned, completed=min(resumed_steps, planned), rate="")
 
         def report(info):
             text = f"{info['steps_per_second']:,.0f} steps/s"
@@ -85,6 +91,7 @@ def run_training(algo: str, parsed, console: Console | None = None) -> Path:
 
         final = train(agent, env, parsed.env, settings, out, resume=parsed.resume, progress=report)
     if "eval_return" in final:
-        console.print(f"final evaluation return per seed: {[round(float(r), 1) for r in final['eval_return']]}")
+        console.print(f"final evaluation return per seed: {[round(float(r), 1) for r in final['eval_return']]}",
+                      markup=False)  # "[nan, nan]" would be read as a markup tag and vanish
     console.print(f"metrics: {out / 'metrics.csv'}")
     return out

@@ -330,3 +330,27 @@ def test_host_sac_chunk_metrics_average_only_the_steps_that_updated():
     for name in metrics.keys() - {"train_episode_return"}:
         steps = np.array([info[name] for info in recorded])
         np.testing.assert_allclose(metrics[name], steps[updated].mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_host_runs_spawn_their_extra_and_evaluation_envs_with_the_same_arguments():
+    """The host driver built its extra envs and its evaluation env from the id alone, so a GymnasiumEnv made
+    with other arguments (here a 50-step limit) trained and was evaluated on the registered defaults."""
+    from mbpg.envs.gym_adapter import GymnasiumEnv
+
+    env = GymnasiumEnv("Pendulum-v1", max_episode_steps=50, g=9.81)
+    copy = env.spawn()
+    assert copy.max_episode_steps == 50 and copy.env.unwrapped.g == 9.81
+    copy.close()
+    env.close()
+
+
+def test_make_keeps_the_registered_limit_for_max_episode_steps_none_and_ports_refuse_reset_options():
+    from mbpg.envs.autoreset import episode_limit
+    from mbpg.envs.gym_adapter import as_gymnasium
+
+    assert episode_limit(make("Pendulum-v1", max_episode_steps=None)) == 200  # was None: 1000-step episodes
+    assert make("Pendulum-v1", backend="gymnasium", max_episode_steps=None).max_episode_steps == 200
+    env = as_gymnasium(make("Pendulum-v1"))
+    env.reset(seed=0, options={})
+    with pytest.raises(ValueError, match=r"reset options are not supported.*x_init"):
+        env.reset(seed=0, options={"x_init": 0.0})

@@ -44,6 +44,8 @@ class Transition(NamedTuple):
     reward: jax.Array
     next_obs: jax.Array  # the true next observation, also at an episode's end (before the reset)
     terminated: jax.Array
+    # The time limit cut a running episode: set only where the step did not also terminate (Gymnasium's TimeLimit
+    # then reports both). Termination takes precedence, so truncated always means "bootstrap from next_obs".
     truncated: jax.Array
     episode_return: jax.Array  # the finished episode's return where terminated | truncated, else 0
 

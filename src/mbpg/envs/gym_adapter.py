@@ -51,6 +51,7 @@ class GymnasiumEnv:
     def __init__(self, env_id: str, wrappers: Sequence[Callable[[gymnasium.Env], gymnasium.Env]] = (),
                  **make_kwargs: Any):
         self.env_id = env_id
+        self._wrappers, self._make_kwargs = tuple(wrappers), dict(make_kwargs)
         self.env = gymnasium.make(env_id, **make_kwargs)
         for wrap in wrappers:
             self.env = wrap(self.env)
@@ -64,6 +65,11 @@ class GymnasiumEnv:
             self.env.close()
             raise
         self.reset_info: dict = {}
+
+    def spawn(self) -> "GymnasiumEnv":
+        """Another instance of the same task (same id, make arguments and wrappers): for parallel envs and for
+        evaluation, which must not run on the registered defaults when this one was made with others."""
+        return GymnasiumEnv(self.env_id, self._wrappers, **self._make_kwargs)
 
     @property
     def observation_space(self) -> spaces.Space:
@@ -197,6 +203,9 @@ class FunctionalGymnasiumEnv(gymnasium.Env):
         self._elapsed_steps = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if options:  # Gymnasium's per-env reset options (x_init, low/high, ...) are not modelled by the ports
+            raise ValueError(f"reset options are not supported by {self.spec.id} (got {sorted(options)}); its start "
+                             "state comes from the JAX environment's own reset distribution.")
         super().reset(seed=seed)
         high, low = (int(w) for w in self.np_random.integers(0, 2**32, size=2, dtype=np.uint64))
         key = jax.random.fold_in(jax.random.key(high), low)

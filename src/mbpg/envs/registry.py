@@ -38,6 +38,8 @@ def make(env_id: str, backend: str | None = None, **kwargs):
         raise ValueError(f"backend must be one of {BACKENDS} or None (port if there is one); got {backend!r}.")
     known_to_gymnasium = env_id in gymnasium.registry or ":" in env_id  # "module:Id" imports a plugin's ids
     if env_id in JAX_PORTS and backend != "gymnasium":
+        if kwargs.get("max_episode_steps", 0) is None:  # as gymnasium.make: None keeps the registered limit
+            kwargs.pop("max_episode_steps")
         return JAX_PORTS[env_id](**kwargs)
     if backend == "jax":
         if env_id in JAX_PORTS or known_to_gymnasium:

@@ -26,9 +26,9 @@ class HostDriver:
     run, as Gymnasium's own RNG state is not checkpointed either."""
 
     def __init__(self, agent, env: GymnasiumEnv, seed: int, first_chunk: int = 0):
-        self.agent, self.env_id, self.seed = agent, env.env_id, seed
+        self.agent, self.seed = agent, seed
         n_envs = getattr(agent.config, "n_envs", 1)
-        self.envs = [env] + [GymnasiumEnv(env.env_id) for _ in range(n_envs - 1)]
+        self.envs = [env] + [env.spawn() for _ in range(n_envs - 1)]
         env_seeds = [seed * 10_000 + i if first_chunk == 0 else
                      int(np.random.SeedSequence([seed, first_chunk, i]).generate_state(1)[0]) for i in range(n_envs)]
         self.obs = np.stack([e.reset(seed=s) for s, e in zip(env_seeds, self.envs)]).astype(np.float32)
@@ -105,7 +105,7 @@ class HostDriver:
     def evaluate(self, state, n_episodes: int, chunk: int) -> np.ndarray:
         """Deterministic episodes on a fresh environment, seeded per evaluation so results repeat."""
         returns = []
-        with GymnasiumEnv(self.env_id) as env:
+        with self.envs[0].spawn() as env:
             for episode in range(n_episodes):
                 obs, total, done = env.reset(seed=1_000_003 * (self.seed + 1) + 1009 * chunk + episode), 0.0, False
                 while not done:

@@ -235,3 +235,30 @@ def test_ppo_clip_loss_matches_hand_computation_and_stops_clipped_gradients():
     np.testing.assert_array_equal(old_grad, 0.0)
     with pytest.raises(ValueError, match="shapes differ"):
         ppo_clip_loss(log_new, log_old[:3], advantages)
+
+
+def test_trust_region_step_rejects_a_zero_step_whatever_the_rounding():
+    """With a tiny gradient (|g|^2 <= 1e-10) CG returns 0 and every trial is the current point; the loss from
+    value_and_grad and the line search's re-evaluation differ in rounding, and the zero step was reported as
+    accepted with a positive 'improvement'."""
+    from mbpg.policies.mlp import GaussianMLPPolicy
+
+    rng = np.random.default_rng(0)
+    policy = GaussianMLPPolicy(4, 2, hidden=())
+    old = policy.init(jax.random.key(1))
+    obs = jnp.asarray(rng.normal(size=(200, 4)) * np.array([1, 5, 0.2, 3]), jnp.float32)
+    actions = jax.vmap(policy.sample, in_axes=(None, 0, 0))(old, obs, jax.random.split(jax.random.key(2), 200))
+    advantages = jnp.asarray(rng.normal(size=200), jnp.float32)
+    log_prob = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))
+    old_log_probs = log_prob(old, obs, actions)
+
+    def loss(p):
+        return -1e-5 * jnp.mean(jnp.exp(log_prob(p, obs, actions) - old_log_probs) * advantages)
+
+    def kl(p):
+        return jnp.mean(jax.vmap(policy.kl, in_axes=(None, None, 0))(old, p, obs))
+
+    new, info = eqx.filter_jit(trust_region_step)(loss, kl, old)
+    assert float(info["grad_norm"]) ** 2 <= 1e-10  # the case: CG's direction is exactly zero
+    assert not bool(info["accepted"]) and float(info["improvement"]) == 0.0
+    assert eqx.tree_equal(new, old)

@@ -3,6 +3,7 @@ natural gradient against the Hessian of the KL, and the episode batches the boun
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,8 +58,17 @@ def test_gaussian_d2_is_infinite_not_nan_where_undefined():
 
 def test_categorical_d2_is_the_sum_of_squared_ratios():
     p, q = jnp.array([0.2, 0.5, 0.3]), jnp.array([0.4, 0.4, 0.2])
-    assert float(jnp.exp(categorical_log_d2(p, q))) == pytest.approx(float(jnp.sum(p**2 / q)), rel=1e-6)
-    assert float(categorical_log_d2(q, q)) == pytest.approx(0.0, abs=1e-6)
+    log_p, log_q = jnp.log(p), jnp.log(q)
+    assert float(jnp.exp(categorical_log_d2(log_p, log_q))) == pytest.approx(float(jnp.sum(p**2 / q)), rel=1e-6)
+    assert float(categorical_log_d2(log_q, log_q)) == pytest.approx(0.0, abs=1e-6)
+    # a near-deterministic policy (logit gap 120): its small probability underflows to 0 in float32, which made
+    # log d2 NaN even between a policy and itself
+    logits = jnp.array([120.0, 0.0, 5.0])
+    assert float(jax.nn.softmax(logits)[1]) == 0.0
+    same = categorical_log_d2(jax.nn.log_softmax(logits), jax.nn.log_softmax(logits))
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    moved = categorical_log_d2(jax.nn.log_softmax(logits + jnp.array([0.0, 2.0, 0.0])), jax.nn.log_softmax(logits))
+    assert np.isfinite(float(moved)) and float(moved) >= 0.0
 
 
 def test_bound_at_the_behaviour_parameters_is_mean_return_minus_the_sample_size_penalty():
@@ -135,3 +145,18 @@ def test_pois_runs_on_continuous_actions(algo, env_id):
 def test_pois_rejects_a_delta_outside_the_unit_interval():
     with pytest.raises(ValueError, match="--delta"):
         make_agent("ppois", get_algorithm("ppois")[0](delta=1.5), make("CartPole-v1"))
+
+
+def test_apois_bound_stays_finite_for_a_near_deterministic_discrete_policy():
+    """With its linear policy's weights scaled up (a near-deterministic policy, as a CartPole run reaching 500
+    becomes), A-POIS's divergence was NaN at the behaviour parameters: the bound was NaN and no step was taken."""
+    config = get_algorithm("apois")[0](n_episodes=3, offline_iterations=2, line_search_iterations=2)
+    agent = make_agent("apois", config, make("CartPole-v1"))
+    state = agent.init(jax.random.key(0))
+    layer = lambda params: params.layers[-1].bias  # noqa: E731
+    state = state.__class__(eqx.tree_at(layer, state.params, jnp.array([150.0, 0.0])), state.key)
+    obs = jnp.array([0.05, 0.5, -0.05, -0.5])
+    assert float(agent.policy.probs(state.params, obs).min()) == 0.0  # underflowed
+    assert float(agent._step_log_d2(state.params, state.params, obs)) == pytest.approx(0.0, abs=1e-6)
+    _, metrics = jax.jit(agent.train_chunk)(state)
+    assert np.isfinite(float(metrics["bound"]))

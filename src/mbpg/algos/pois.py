@@ -123,7 +123,8 @@ class APOIS(_POIS):
 
     def _step_log_d2(self, new, old, obs):
         if isinstance(self.policy, CategoricalMLPPolicy):
-            return categorical_log_d2(self.policy.probs(new, obs), self.policy.probs(old, obs))
+            return categorical_log_d2(jax.nn.log_softmax(self.policy.logits(new, obs)),
+                                      jax.nn.log_softmax(self.policy.logits(old, obs)))
         return gaussian_log_d2(self.policy.mean(new, obs), self.policy.std(new), self.policy.mean(old, obs),
                                self.policy.std(old))
 

@@ -10,7 +10,8 @@ where w_i are importance weights (target over behaviour) and d2 is the exponenti
 the target and behaviour distributions, d2(P || Q) = E_Q[(p/q)^2] = exp(D_2(P || Q)). d2 is also the variance
 factor of the importance weights (Var_Q[w] = d2 - 1), which is why it bounds how far the new parameters may move
 from the data: the penalty grows with the effective-sample-size loss, and the bound holds with probability
-1 - delta.
+1 - delta. That guarantee is derived (Cantelli's inequality) for plain importance weights; with self-normalised
+ones (POIS's default here) the same penalty is kept as a heuristic, not as a proven bound.
 
 Divergences are returned in log space: across a trajectory of hundreds of steps they multiply, and the product
 overflows float32 long before it matters.
@@ -43,9 +44,11 @@ def gaussian_log_d2(mean_p, std_p, mean_q, std_q) -> jax.Array:
     return jnp.sum(per_dim, axis=-1)
 
 
-def categorical_log_d2(probs_p, probs_q) -> jax.Array:
-    """log d2(P || Q) = log sum_a p_a^2 / q_a for categorical distributions over the last axis."""
-    return jax.nn.logsumexp(2.0 * jnp.log(probs_p) - jnp.log(probs_q), axis=-1)
+def categorical_log_d2(log_p, log_q) -> jax.Array:
+    """log d2(P || Q) = log sum_a p_a^2 / q_a for categorical distributions over the last axis, from their
+    log-probabilities (`jax.nn.log_softmax` of the logits). From probabilities it was NaN once a near-deterministic
+    policy's small probabilities underflowed to 0 (2 log 0 - log 0), at a logit gap of about 104 in float32."""
+    return jax.nn.logsumexp(2.0 * log_p - log_q, axis=-1)
 
 
 def penalty_coefficient(delta: float) -> float:

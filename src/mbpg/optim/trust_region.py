@@ -179,7 +179,9 @@ def trust_region_step(
         candidate = trial(fraction)
         loss_after, kl = loss_of(candidate), kl_of(candidate)
         improvement = loss_before - loss_after
-        ok = jnp.isfinite(loss_after) & jnp.isfinite(kl) & (kl <= max_kl) & (improvement > 0)
+        # `positive`: a zero step (zero gradient) only "improves" by the rounding between two compiled
+        # evaluations of the same loss (2.5e-14 was seen accepted); it is a rejection.
+        ok = positive & jnp.isfinite(loss_after) & jnp.isfinite(kl) & (kl <= max_kl) & (improvement > 0)
         return k + 1, ok, fraction, kl.astype(dtype), improvement.astype(dtype)
 
     zero = jnp.zeros((), dtype)

@@ -116,6 +116,7 @@ def _read(path: Path) -> tuple[dict, bytes]:
     payload = raw[newline + 1:]
     if len(payload) != header["bytes"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch: {len(payload)} of "
-                              f"{header['bytes']} bytes, or altered). mbpg keeps one checkpoint per run, so there is no earlier one to "
-                              "fall back to: delete it and train again without --resume (the run starts over).")
+                              f"{header['bytes']} bytes, or altered). mbpg keeps one checkpoint per run, so there is "
+                              "no earlier one to fall back to: delete it and train again without --resume (the run "
+                              "starts over).")
     return header, payload

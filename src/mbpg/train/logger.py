@@ -44,7 +44,6 @@ class RunLogger:
                 self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
                 self.fields = dict.fromkeys(reader.fieldnames or ())
             self._rewrite()
-        self.tensorboard = tensorboard
         self.writer = None
         if tensorboard:
             # Events at steps >= purge_step are hidden; the checkpoint's own step is kept, as in metrics.csv.

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -94,3 +95,19 @@ def test_cli_help_documents_every_option(capsys):
                    "--n-estimates", "--horizon", "--baseline", "--n-rollouts", "--seed", "--out"):
         assert option in text, option
     assert "Independent estimates per grid point" in text
+
+
+def test_an_estimator_with_nan_mse_never_wins_a_grid_point():
+    """A NaN MSE (Q undefined where the policy is unstable on the model) met first stayed 'best' (NaN < x is
+    False): report.md named mvg-dp the winner 'x inf' at LQR model errors where it was undefined."""
+    from mbpg.lab.quality import QualityRow, best_per_point
+    from mbpg.lab.report import winners_table
+
+    def row(name, mse, error=1.0):
+        return QualityRow(name, "MVG", "relative", error, 0.1, 4, 0.0, mse, mse, 1.0, 0.1, math.nan, 0.0, 10)
+
+    for rows in ([row("mvg-dp", math.nan), row("gpomdp", 5.0), row("fmg", 8.0)],
+                 [row("gpomdp", 5.0), row("mvg-dp", math.nan), row("fmg", 8.0)]):
+        assert best_per_point(rows)[(1.0, 4)].estimator == "gpomdp"
+        assert winners_table(rows) == [["1", "gpomdp (x1.60)"]]
+    assert winners_table([row("mvg-dp", math.nan)]) == [["1", "n/a (no finite MSE)"]]

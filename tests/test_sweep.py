@@ -36,29 +36,36 @@ options: {{ppo: "{TINY_PPO}"}}
     out = tmp_path / "sweep"
     assert main(["sweep", spec, "--out", str(out)]) == 0
     rows = rows_of(out)
-    assert rows["sac-CartPole-v1-s3"]["status"] == "failed"
-    assert "continuous actions" in rows["sac-CartPole-v1-s3"]["error"]
-    assert (out / "trials" / "sac-CartPole-v1-s3" / "error.txt").exists()  # the traceback is kept for the user
-    ppo = rows["ppo-CartPole-v1-s3"]
+    sac_id, ppo_id = (next(i for i in rows if i.startswith(f"{algo}-CartPole-v1-s3-")) for algo in ("sac", "ppo"))
+    assert rows[sac_id]["status"] == "failed"
+    assert "continuous actions" in rows[sac_id]["error"]
+    assert (out / "trials" / sac_id / "error.txt").exists()  # the traceback is kept for the user
+    ppo = rows[ppo_id]
     assert ppo["status"] == "finished" and float(ppo["eval_return"]) > 0 and ppo["options"] == TINY_PPO
-    config = json.loads((out / "trials" / "ppo-CartPole-v1-s3" / "config.json").read_text())
+    config = json.loads((out / "trials" / ppo_id / "config.json").read_text())
     assert config["seed"] == 3 and config["config"]["n_steps"] == 32
-    metrics = (out / "trials" / "ppo-CartPole-v1-s3" / "metrics.csv").read_text()
+    metrics = (out / "trials" / ppo_id / "metrics.csv").read_text()
     capsys.readouterr()
     assert main(["sweep", spec, "--out", str(out)]) == 0
     assert "1 already finished, 1 to run" in capsys.readouterr().out  # the failed trial is retried, ppo is not
-    assert (out / "trials" / "ppo-CartPole-v1-s3" / "metrics.csv").read_text() == metrics
+    assert (out / "trials" / ppo_id / "metrics.csv").read_text() == metrics
+    # Another learning rate is another trial: it once shared the finished run's id and directory and was skipped.
+    changed = write_spec(tmp_path, open(spec).read().replace(TINY_PPO, TINY_PPO + " --learning-rate 0.5"),
+                         "changed.yaml")
+    capsys.readouterr()
+    assert main(["sweep", changed, "--out", str(out)]) == 0
+    assert "0 already finished, 2 to run" in capsys.readouterr().out
     figure = tmp_path / "sweep.png"
     assert main(["plot", str(out), "--out", str(figure), "--bootstrap", "20"]) == 0 and figure.stat().st_size > 0
 
 
 def test_grids_multiply_trials_and_python_specs_work(tmp_path):
     spec = {"algos": ["ppo", "trpo"], "envs": ["CartPole-v1", "Pendulum-v1"], "seeds": 2, "steps": 100,
-            "grid": {"ppo": {"learning-rate": [1e-3, 3e-4], "clip_range": [0.1, 0.2]}}}
+            "grid": {"ppo": {"learning-rate": [1e-3, 3e-4], "gae_lambda": [0.9, 0.95]}}}
     trials = expand_trials(spec)
     assert len(trials) == (4 + 1) * 2 * 2 and len({t.id for t in trials}) == len(trials)
     first = next(t for t in trials if t.algo == "ppo")
-    assert first.options == ("--learning-rate", "0.001", "--clip-range", "0.1")
+    assert first.options == ("--learning-rate", "0.001", "--gae-lambda", "0.9")
     path = write_spec(tmp_path, f"SPEC = {spec!r}\n", "spec.py")
     from mbpg.train.sweep import load_spec
 
@@ -73,6 +80,10 @@ def test_grids_multiply_trials_and_python_specs_work(tmp_path):
     ("algos: [ppo]\nenvs: [CartPole-v1]\nsteps: -5\n", "'steps' must be a positive integer"),
     ("algos: [ppo]\nenvs: [CartPole-v1]\nsteps: 100\ngrid: {sac: {tau: [0.1]}}\n", "'grid' must map algorithms"),
     ("algos: [ppo\n", "not valid YAML"),
+    # checked before anything trains (each trial once failed as a bare 'SystemExit: 2')
+    ("algos: [ppo]\nenvs: [CartPole-v1]\nsteps: 100\ngrid: {ppo: {learnin-rate: [0.1]}}\n", "do not parse"),
+    ("algos: [ppo]\nenvs: [CartPole-v1]\nsteps: 100\noptions: {ppo: 5}\n", "one string of CLI options"),
+    ("algos: [ppo]\nenvs: [CartPole-v1]\nsteps: 100\nseeds: [0, 0]\n", "more than once"),
 ])
 def test_bad_specs_are_one_clear_line(tmp_path, capsys, text, message):
     assert main(["sweep", write_spec(tmp_path, text), "--out", str(tmp_path / "o")]) == 2

@@ -31,7 +31,7 @@ from mbpg.envs import LQR
 from mbpg.keys import side_key
 from mbpg.lab.exact import UnstableGainWarning, exact_gradient
 from mbpg.lab import report
-from mbpg.lab.quality import _stable_hash, make_model, model_distance, summarise_draws
+from mbpg.lab.quality import _stable_hash, make_model, model_distance, mse_rank, summarise_draws
 from mbpg.lab.scenarios import _half_optimal_gain, _random_logits
 from mbpg.lab.selector import AutoEstimator
 from mbpg.policies import policy_for
@@ -239,7 +239,7 @@ def summarise(rows: Sequence[AtlasRow]) -> dict:
     fixed = [e for e in estimators if e not in ("auto", EQUAL_MIX)]
     per_point = []
     for key, entry in points.items():
-        ordered = sorted(fixed, key=lambda e: entry[e].mse)
+        ordered = sorted(fixed, key=lambda e: mse_rank(entry[e].mse))
         best, runner_up = entry[ordered[0]], entry[ordered[1]] if len(ordered) > 1 else entry[ordered[0]]
         per_point.append(dict(point=key, best=best.estimator, margin=runner_up.mse / best.mse,
                               auto_ratio=entry["auto"].mse / best.mse,

@@ -196,6 +196,12 @@ def best_per_point(rows: Sequence[QualityRow]) -> dict[tuple[float, int], Qualit
     best: dict[tuple[float, int], QualityRow] = {}
     for row in rows:
         key = (row.model_error, row.n_trajectories)
-        if key not in best or row.mse < best[key].mse:
+        if key not in best or mse_rank(row.mse) < mse_rank(best[key].mse):
             best[key] = row
     return best
+
+
+def mse_rank(mse: float) -> float:
+    """Sort key of an MSE: NaN (an estimator undefined at that point, e.g. Q on a model where the policy is
+    unstable) ranks last. A plain `<` never prefers a number to a NaN met first, which made NaN rows win."""
+    return mse if mse == mse else float("inf")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mbpg.lab.quality import QualityRow, best_per_point
+from mbpg.lab.quality import QualityRow, best_per_point, mse_rank
 
 FIGURES = {
     "mse": "mse_vs_model_error.png",
@@ -142,8 +142,12 @@ def winners_table(rows: Sequence[QualityRow]) -> list[list[str]]:
         line = [f"{error:g}"]
         for n in _axis_values(rows, "n_trajectories"):
             point = [r for r in rows if r.model_error == error and r.n_trajectories == n]
-            ordered = sorted(point, key=lambda r: r.mse)
-            margin = ordered[1].mse / ordered[0].mse if len(ordered) > 1 and ordered[0].mse > 0 else float("inf")
+            ordered = sorted(point, key=lambda r: mse_rank(r.mse))
+            if not np.isfinite(ordered[0].mse):
+                line.append("n/a (no finite MSE)")
+                continue
+            runner_up = mse_rank(ordered[1].mse) if len(ordered) > 1 else float("inf")
+            margin = runner_up / ordered[0].mse if ordered[0].mse > 0 else float("inf")
             line.append(f"{best[(error, n)].estimator} (x{margin:.2f})")
         table.append(line)
     return table
@@ -162,7 +166,9 @@ def write_report(rows: Sequence[QualityRow], config: dict, out_dir: Path, figure
         "Every number below is measured against the exact MFG gradient (float64 oracle) from "
         f"{rows[0].n_estimates} independent estimates per grid point. MSE = bias^2 + variance; population bias is "
         "the distance of the estimator type's exact population gradient (FMG or MVG on the model, infinite "
-        "horizon) from the truth; nan where there is no closed form (auto, svg, uim).",
+        "horizon) from the truth; nan where there is no closed form (auto, svg, uim). `bias` is measured from the "
+        "mean of those estimates, so an unbiased estimator still shows about sqrt(variance / estimates); the "
+        "winners' margins are point estimates, not tested differences (close ones can change with --seed).",
         "",
         "## Which gradient wins (lowest MSE; in brackets how many times larger the runner-up's MSE is)",
         "",

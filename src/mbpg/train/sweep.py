@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import hashlib
 import itertools
 import json
 import os
@@ -151,6 +152,10 @@ def expand_trials(spec: dict) -> list[Trial]:
     trials = []
     for algo in algos:
         fixed = options.get(algo, "")
+        if not isinstance(fixed, (str, list)) or (isinstance(fixed, list) and any(isinstance(v, (dict, list))
+                                                                               for v in fixed)):
+            raise ValueError(f"the spec's options for {algo} must be one string of CLI options or a list of them "
+                             f"(e.g. \"--learning-rate 3e-4\"); got {fixed!r}.")
         fixed = shlex.split(fixed) if isinstance(fixed, str) else [str(v) for v in fixed]
         axes = grid.get(algo, {})
         if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
@@ -161,9 +166,39 @@ def expand_trials(spec: dict) -> list[Trial]:
             for env in envs:
                 for seed in seeds:
                     label = "-".join([algo, env, f"s{seed}", *(f"{n}={v}" for n, v in zip(names, point))])
-                    trials.append(Trial(_slug(label), algo, env, seed, tuple(fixed + grid_args), steps, eval_every,
+                    argv = tuple(fixed + grid_args)
+                    # The readable label drops characters and leaves out the fixed options and budgets; the hash
+                    # of everything the trial runs with keeps two different trials out of one run directory.
+                    digest = hashlib.sha1(json.dumps([algo, env, seed, argv, steps, eval_every, eval_episodes])
+                                          .encode()).hexdigest()[:8]
+                    trials.append(Trial(f"{_slug(label)}-{digest}", algo, env, seed, argv, steps, eval_every,
                                         eval_episodes))
+    ids = [t.id for t in trials]
+    if len(set(ids)) < len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"the spec asks for the trial {twice} more than once (a repeated seed or grid value); "
+                         "list each once.")
+    _check_options(trials)
     return trials
+
+
+def _check_options(trials: list[Trial]) -> None:
+    """Parse each distinct (algorithm, options) once before anything trains: a misspelt option otherwise failed
+    every trial, each recorded as a bare 'SystemExit: 2'."""
+    import contextlib
+    import io
+
+    from mbpg.train.run import parse_train
+
+    for algo, argv in dict.fromkeys((t.algo, t.options) for t in trials):
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                parse_train(algo, list(argv))
+        except SystemExit:
+            reason = " ".join(line.strip() for line in errors.getvalue().splitlines() if line.strip("│╭╰─ "))
+            raise ValueError(f"the options for {algo} do not parse: {shlex.join(argv)}; see `mbpg train {algo} "
+                             f"--help`. {reason[-300:]}") from None
 
 
 def _final_return(run_dir: Path) -> float | None:

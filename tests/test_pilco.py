@@ -270,3 +270,35 @@ def test_cli_train_pilco_resumes_to_the_uninterrupted_run(tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
     assert main(["train", "pilco", "--env", "Pendulum-v1", "--out", str(tmp_path / "bad"), *TINY_CLI]) == 2
     assert "CartPoleSwingUp-v0 only" in capsys.readouterr().err
+
+
+def test_gp_and_pilco_refuse_to_run_in_float32(toy_gp):
+    """Outside jax.enable_x64 the GP algebra ran in float32 without a word (a variance of 1.5 where float64 gives
+    2e-7); each entry point now names the fix."""
+    x, _, gp = toy_gp
+    with pytest.raises(ValueError, match="enable_x64"):
+        predict(gp, x[:3])
+    with pytest.raises(ValueError, match="enable_x64"):
+        moment_match(gp, jnp.zeros(gp.input_dim), jnp.eye(gp.input_dim))
+    with pytest.raises(ValueError, match="enable_x64"):
+        P.pilco_start(P.PILCOConfig(), jax.random.key(0))
+
+
+def test_random_episodes_give_the_env_a_key_of_its_own():
+    """rollout drew the random action and stepped the env with the same key (harmless for CartPoleSwingUp, which
+    ignores its key, but an env with noise would see noise equal to the actions)."""
+    env = make("CartPoleSwingUp-v0")
+    task = P.cartpole_task(env)
+
+    class Noisy:  # its state's first entry is the noise it draws from its step key, as the action is drawn
+        def reset(self, key):
+            return env.reset(key)
+
+        def step(self, x, u, key):
+            noise = jax.random.uniform(key, (task.action_dim,), x.dtype, -task.u_max, task.u_max)
+            return x.at[0].set(noise[0]), 0.0
+
+    with jax.enable_x64(True):
+        xs, us = P.rollout(Noisy(), task, None, jax.random.key(3), 20, random_actions=True)
+    noise, actions = np.asarray(xs[1:, 0]), np.asarray(us[:, 0])
+    assert abs(np.corrcoef(noise, actions)[0, 1]) < 0.8  # was exactly 1: the same numbers

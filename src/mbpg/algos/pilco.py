@@ -44,7 +44,7 @@ import numpy as np
 import scipy.optimize
 
 from mbpg.keys import side_key
-from mbpg.models.gp import GP, fit_gp, moment_match, se_expansion_moments, se_kernel
+from mbpg.models.gp import GP, fit_gp, moment_match, require_x64, se_expansion_moments, se_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
 # Exact moments of sin/cos of Gaussian variables.
@@ -395,7 +395,7 @@ def rollout(env, task: PilcoTask, policy, key, horizon: int, random_actions: boo
         else:
             aug = augment_trig_point(x, task.angle_dims)
             u = policy_action(policy, aug[jnp.asarray(task.policy_inputs)], task.u_max)
-        nxt, _ = env.step(x, u, k)
+        nxt, _ = env.step(x, u, side_key(k, "env step"))  # k alone drew the random action
         return nxt, (nxt, u)
 
     _, (xs, us) = jax.lax.scan(body, x0, act_keys)
@@ -467,6 +467,7 @@ _rollout = jax.jit(rollout, static_argnums=(0, 1, 4, 5))
 
 def pilco_start(config: PILCOConfig, key: jax.Array) -> tuple[PilcoState, PilcoEpisode]:
     """The initial policy and the random episode. Call under `jax.enable_x64(True)`."""
+    require_x64("pilco_start")
     env = _checked_env(config)
     task = cartpole_task(env)
     k_policy, k_random, key = jax.random.split(key, 3)
@@ -486,6 +487,7 @@ def pilco_start(config: PILCOConfig, key: jax.Array) -> tuple[PilcoState, PilcoE
 def pilco_iteration(config: PILCOConfig, state: PilcoState) -> tuple[PilcoState, PilcoEpisode, GP]:
     """Fit the GPs to every transition so far, optimise the policy on the predicted cost, run one real episode.
     Returns the new state, what the episode measured, and the GP it planned with. Call under x64."""
+    require_x64("pilco_iteration")
     env = _checked_env(config)
     task = cartpole_task(env)
     start = time.perf_counter()

@@ -215,8 +215,17 @@ def _lbfgs(fun, theta0, args, maxiter):
 # Predictions.
 
 
+def require_x64(who: str) -> None:
+    """The GP's kernel algebra is run in float64 (fit_gp returns float64 arrays); outside `jax.enable_x64` JAX
+    silently computes it in float32, which gave variances of 1.5 where float64 gives 2e-7."""
+    if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ValueError(f"{who} needs float64: call it inside `with jax.enable_x64(True):` (float32 rounding "
+                         "breaks the GP's kernel algebra).")
+
+
 def predict(gp: GP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Posterior mean [..., E] and latent variance [..., E] at deterministic inputs x [..., D]."""
+    require_x64("gp.predict")
     flat = jnp.reshape(x, (-1, gp.input_dim))
 
     def one(log_ls, log_sf, beta, k_inv):
@@ -286,7 +295,10 @@ def se_expansion_moments(centers, beta, log_lengthscales, log_signal_std, mean, 
 
 
 def moment_match(gp: GP, mean: jax.Array, cov: jax.Array):
-    """Predictive mean [E], covariance [E, E] and cov^{-1} cov[x, f] [D, E] of the GP at x ~ N(mean, cov)."""
+    """Predictive mean [E], covariance [E, E] and cov^{-1} cov[x, f] [D, E] of the GP at x ~ N(mean, cov).
+    `cov` must be symmetric positive semi-definite; that is not checked (the values may be traced), and an
+    indefinite one gives negative predicted variances."""
+    require_x64("gp.moment_match")
     if mean.shape != (gp.input_dim,) or cov.shape != (gp.input_dim, gp.input_dim):
         raise ValueError(f"moment_match expects mean [{gp.input_dim}] and cov [{gp.input_dim}, {gp.input_dim}]; "
                          f"got {mean.shape} and {cov.shape}.")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mbpg.envs import TabularMDP, double_integrator, garnet, random_lqr
+from mbpg.envs import TabularMDP, double_integrator, garnet, gridworld, random_lqr
 from mbpg.gradients import sample_trajectories
 from mbpg.lab import UnstableGainWarning, exact_gradient, exact_return
 from mbpg.models import mixture_model, perturbed_lqr
@@ -149,3 +149,30 @@ def test_oracles_reject_bad_input(call, message):
     mdp = TabularMDP(*random_mdp_arrays(0, 4, 2), 0.9)
     with pytest.raises(ValueError, match=message):
         call(mdp, np.zeros((4, 2)))
+
+
+def test_rows_within_the_tolerance_are_renormalised_so_the_oracle_and_the_simulator_agree():
+    """Rows scaled by 1 - 9e-6 passed validation and were kept: step() samples the normalised row, but the exact
+    oracle solved the unnormalised one (J 8% off at gamma 0.9999)."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(3, 2))
+    mdp = TabularMDP(p * (1 - 9e-6), np.ones((3, 2)), np.array([1.0, 0.0, 0.0]) * (1 - 9e-6), gamma=0.9999)
+    assert float(exact_return(mdp, jnp.zeros((3, 2)))) == pytest.approx(1e4, rel=1e-9)
+    exact = TabularMDP(p, np.ones((3, 2)), np.array([1.0, 0.0, 0.0]), gamma=0.9)
+    assert exact.transitions is not None and np.array_equal(np.asarray(exact.transitions), p)  # kept as given
+
+
+def test_a_model_must_share_the_objective_of_the_env():
+    env = garnet(4, 2, branching=2, gamma=0.9, seed=0)
+    model = TabularMDP(env.transitions, env.rewards, env.initial, gamma=0.5)
+    with pytest.raises(ValueError, match="model's gamma"):
+        exact_gradient(env, jnp.zeros((4, 2)), kind="mvg", model=model)
+    lqr = double_integrator()
+    other = type(lqr)(lqr.A, lqr.B, lqr.state_cost, lqr.action_cost, noise_cov=lqr.noise_cov, gamma=lqr.gamma,
+                      policy_std=2 * lqr.policy_std)
+    with pytest.raises(ValueError, match="policy_std"):
+        exact_gradient(lqr, jnp.zeros((1, 2)), kind="fmg", model=other)
+    with pytest.raises(ValueError, match="finite and > 0"):
+        type(lqr)(lqr.A, lqr.B, lqr.state_cost, lqr.action_cost, policy_std=float("inf"))
+    with pytest.raises(ValueError, match="pair of integers"):
+        gridworld(3, 3, goal=(1.5, 1))

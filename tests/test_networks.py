@@ -412,3 +412,34 @@ def test_gae_is_jittable_and_checks_shapes():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="values has shape"):
         gae(rewards, values[:, :, None], next_values, terminated, done, 0.99, 0.95)
+
+
+def test_gae_ends_an_episode_at_a_terminal_step_whatever_the_inputs_say():
+    """A NaN value of a terminal observation reached the advantages (0 * nan), and terminated without done let
+    the recursion run on into the next episode."""
+    rewards, values = jnp.ones(3), jnp.zeros(3)
+    next_values = jnp.array([0.0, jnp.nan, 0.0])
+    terminated = jnp.array([False, True, False])
+    advantages, _ = gae(rewards, values, next_values, terminated, terminated, gamma=0.9, lam=1.0)
+    np.testing.assert_allclose(advantages, [1.9, 1.0, 1.0], rtol=1e-6)
+    no_done = jnp.zeros(3, bool)
+    advantages, _ = gae(rewards, values, jnp.zeros(3), terminated, no_done, gamma=0.9, lam=1.0)
+    np.testing.assert_allclose(advantages, [1.9, 1.0, 1.0], rtol=1e-6)
+
+
+def test_effective_horizon_and_the_score_function_form_refuse_what_they_cannot_mean():
+    from mbpg.gradients.forms import score_function_gradient
+    from mbpg.gradients.trajectories import Trajectory
+    from mbpg.policies import SoftmaxPolicy
+    from mbpg.values.returns import effective_horizon
+
+    for gamma in (1.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="0 <= gamma < 1"):
+            effective_horizon(gamma)
+    n = h = 4  # a signal [N] with N == H once broadcast along time into a wrong gradient
+    batch = Trajectory(jnp.zeros((n, h), jnp.int32), jnp.zeros((n, h), jnp.int32), jnp.ones((n, h)),
+                       jnp.zeros((n, h), jnp.int32))
+    with pytest.raises(ValueError, match="signal of shape"):
+        score_function_gradient(SoftmaxPolicy(), jnp.zeros((2, 2)), batch, jnp.ones(h), jnp.ones(n))
+    with pytest.raises(ValueError, match="signal of shape"):
+        score_function_gradient(SoftmaxPolicy(), jnp.zeros((2, 2)), batch, jnp.ones(1), jnp.ones((n, h)))

@@ -42,6 +42,9 @@ def gridworld(
         raise ValueError(f"slip probabilities must lie in [0, 1]; got values in [{slip_map.min()}, {slip_map.max()}].")
     goal = (rows - 1, cols - 1) if goal is None else tuple(goal)
     for name, cell in (("goal", goal), ("start", tuple(start))):
+        # (1.5, 1) passed the bounds check and matched no cell: a grid without reward, and no error.
+        if len(cell) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in cell):
+            raise ValueError(f"{name} must be a (row, column) pair of integers; got {cell}.")
         if not (0 <= cell[0] < rows and 0 <= cell[1] < cols):
             raise ValueError(f"{name} cell {cell} lies outside the {rows}x{cols} grid.")
     if tuple(goal) == tuple(start):

@@ -19,8 +19,13 @@ def score_function_gradient(policy, params, trajectories: Trajectory, weights, s
 
     One backward pass over the surrogate costs O(N H) memory, unlike materialising a score per step.
     """
+    shape = trajectories.rewards.shape
+    if jnp.shape(signal) != shape or jnp.shape(weights) not in ((shape[1],), shape):
+        # A signal [N] with N == H broadcast along time and gave a wrong gradient without a word.
+        raise ValueError(f"score_function_gradient needs signal of shape {shape} (trajectories x steps) and weights "
+                         f"of shape ({shape[1]},) or {shape}; got {jnp.shape(signal)} and {jnp.shape(weights)}.")
     signal = jax.lax.stop_gradient(weights * signal)
-    n = trajectories.rewards.shape[0]
+    n = shape[0]
 
     def surrogate(params):
         log_probs = jax.vmap(jax.vmap(lambda s, a: policy.log_prob(params, s, a)))(

@@ -80,6 +80,12 @@ def exact_gradient(env, params, kind: str = "mfg", model=None) -> jax.Array:
             raise ValueError(f"kind={kind!r} needs model=... (the learned dynamics p_hat).")
         if type(model) is not type(env):
             raise ValueError(f"model must be a {type(env).__name__} like env; got {type(model).__name__}.")
+        # d from one and Q from the other must describe the same objective (a model with gamma 0.5 flipped the
+        # sign of mvg's gradient without a word).
+        for field in ("gamma", "policy_std"):
+            if getattr(model, field, None) != getattr(env, field, None):
+                raise ValueError(f"the model's {field} ({getattr(model, field)}) differs from the env's "
+                                 f"({getattr(env, field)}); a model replaces only the dynamics (and rewards).")
         check_params(model, params)
     d_env = model if kind == "fmg" else env
     q_env = env if kind == "mfg" else model

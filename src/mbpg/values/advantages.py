@@ -39,10 +39,12 @@ def gae(rewards, values, next_values, terminated, done, gamma: float, lam: float
     if rewards.ndim == 0:
         raise ValueError("gae needs a time axis: pass arrays of shape [T, ...].")
     rewards, values, next_values = (arrays[k].astype(dtype) for k in ("rewards", "values", "next_values"))
-    not_terminated = 1.0 - arrays["terminated"].astype(dtype)
-    not_done = 1.0 - arrays["done"].astype(dtype)
+    terminated = arrays["terminated"].astype(bool)
+    # A terminal step ends its episode whatever `done` says (the recursion once ran on into the next episode).
+    not_done = 1.0 - (arrays["done"].astype(bool) | terminated).astype(dtype)
 
-    deltas = rewards + gamma * not_terminated * next_values - values
+    # where, not a product: a non-finite value of a terminal observation must not reach the sum (0 * inf = nan).
+    deltas = rewards + gamma * jnp.where(terminated, 0.0, next_values) - values
     decay = gamma * lam * not_done
 
     def backward(next_advantage, step):

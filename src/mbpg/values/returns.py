@@ -32,6 +32,9 @@ def discounted_return(rewards: jax.Array, gamma: float) -> jax.Array:
 
 def effective_horizon(gamma: float, tolerance: float = 1e-3) -> int:
     """The smallest H with gamma^H <= tolerance: truncating there changes a discounted sum by at most that fraction."""
+    if not (0.0 <= gamma < 1.0 and 0.0 < tolerance < 1.0):
+        raise ValueError(f"effective_horizon needs 0 <= gamma < 1 and 0 < tolerance < 1; got gamma={gamma}, "
+                         f"tolerance={tolerance}.")
     if gamma == 0.0:
         return 1
     horizon = max(1, math.ceil(math.log(tolerance) / math.log(gamma)))

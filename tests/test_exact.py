@@ -172,7 +172,7 @@ def test_a_model_must_share_the_objective_of_the_env():
                       policy_std=2 * lqr.policy_std)
     with pytest.raises(ValueError, match="policy_std"):
         exact_gradient(lqr, jnp.zeros((1, 2)), kind="fmg", model=other)
-    with pytest.raises(ValueError, match="finite and > 0"):
+    with pytest.raises(ValueError, match="> 0 and finite"):
         type(lqr)(lqr.A, lqr.B, lqr.state_cost, lqr.action_cost, policy_std=float("inf"))
     with pytest.raises(ValueError, match="pair of integers"):
         gridworld(3, 3, goal=(1.5, 1))

@@ -57,7 +57,7 @@ class LQR(eqx.Module):
         self.initial_cov = as_leaf(np.eye(n) if initial_cov is None else initial_cov)
         self.gamma = check_gamma(gamma)
         if not 0.0 < float(policy_std) < float("inf"):
-            raise ValueError(f"policy_std must be finite and > 0 (score-function gradients need a stochastic "
+            raise ValueError(f"policy_std must be > 0 and finite (score-function gradients need a stochastic "
                              f"policy); got {policy_std}.")
         self.policy_std = float(policy_std)
         leaves = (self.A, self.B, self.state_cost, self.action_cost, self.noise_cov, self.initial_mean,
